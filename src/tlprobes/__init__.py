@@ -1,0 +1,49 @@
+"""tlprobes: composable one-pass probes, analyzers and offline renderers for TransformerLens.
+
+::
+
+    >>> import tlprobes as tp
+    >>> with tp.attach(model, tp.Residual(), tp.Attention(layers=[0, 2]), tp.LogitLens(top_k=5)) as s:  # doctest: +SKIP
+    ...     model(tokens, attention_mask=mask)
+    >>> result = s.result                                                                          # doctest: +SKIP
+    >>> result = tp.run(model, prompts, tp.Residual(positions="last"), batch_size=16)              # doctest: +SKIP
+
+The public API is exactly what this module shows; everything else lives in private modules.
+"""
+
+from __future__ import annotations
+
+from ._adapter import Meta as Meta
+from ._adapter import SITES as SITES
+from ._adapter import adapter_for as adapter_for
+from ._errors import HeadError as HeadError
+from ._errors import InputError as InputError
+from ._errors import LayerError as LayerError
+from ._errors import ModelError as ModelError
+from ._errors import PositionError as PositionError
+from ._errors import ResultsError as ResultsError
+from ._errors import SiteError as SiteError
+from ._errors import TLProbesError as TLProbesError
+from ._result import Inputs as Inputs
+from ._result import Result as Result
+from ._runner import run as run
+from ._session import Session as Session
+from ._session import attach as attach
+from .capture import Activation as Activation
+from .capture import Attention as Attention
+from .capture import Components as Components
+from .capture import LogitLens as LogitLens
+from .capture import Probe as Probe
+from .capture import Residual as Residual
+from .capture import ResidualMean as ResidualMean
+from .capture import Steps as Steps
+from .capture import Target as Target
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Activation", "Attention", "Components", "HeadError", "InputError", "Inputs", "LayerError",
+    "LogitLens", "Meta", "ModelError", "PositionError", "Probe", "Residual", "ResidualMean",
+    "Result", "ResultsError", "SITES", "Session", "SiteError", "Steps", "TLProbesError", "Target",
+    "adapter_for", "attach", "run",
+]

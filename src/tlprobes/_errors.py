@@ -1,0 +1,73 @@
+"""One error hierarchy for tlprobes.
+
+Every error names the bad value and the valid choices, so the message alone says what to fix::
+
+    >>> import tlprobes as tp
+    >>> try:
+    ...     tp.Residual(positions="middle")
+    ... except tp.TLProbesError as err:
+    ...     print(type(err).__name__)
+    PositionError
+
+Each subclass also subclasses the matching built-in (``ValueError``, ``KeyError``, ``TypeError``,
+``IndexError``), so ``except ValueError`` keeps working in code that does not know tlprobes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "TLProbesError",
+    "SiteError",
+    "LayerError",
+    "HeadError",
+    "PositionError",
+    "InputError",
+    "ModelError",
+    "ResultsError",
+    "choices",
+]
+
+
+class TLProbesError(Exception):
+    """Base class of every error tlprobes raises on purpose."""
+
+
+class SiteError(TLProbesError, KeyError):
+    """An unknown site or hook name."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class LayerError(TLProbesError, IndexError):
+    """A layer index outside the model."""
+
+
+class HeadError(TLProbesError, IndexError):
+    """A head index outside the model."""
+
+
+class PositionError(TLProbesError, ValueError):
+    """A position selector that cannot be resolved (bad spec, target absent, index out of range)."""
+
+
+class InputError(TLProbesError, ValueError):
+    """Bad prompts or tokens: too long for the model, mixed strings and tokens, bad masks."""
+
+
+class ModelError(TLProbesError, TypeError):
+    """Something that is not a TransformerLens model, or one we cannot read."""
+
+
+class ResultsError(TLProbesError, ValueError):
+    """A saved run that is missing, truncated or tampered with."""
+
+
+def choices(values: Iterable[object], limit: int = 12) -> str:
+    """Format valid choices for an error message: ``'a', 'b', 'c'`` (cut after ``limit``)."""
+    vals = [repr(v) for v in values]
+    if len(vals) > limit:
+        return ", ".join(vals[:limit]) + f", ... ({len(vals)} in all)"
+    return ", ".join(vals)

@@ -1,0 +1,126 @@
+"""What a session or a run returns: the inputs, the model facts, and one capture per probe.
+
+::
+
+    >>> result = tp.run(model, ["The cat saw her."], tp.Residual())   # doctest: +SKIP
+    >>> result.residual.resid.shape                                    # doctest: +SKIP
+    torch.Size([5, 1, 6, 64])
+    >>> result.inputs.str_tokens[0]                                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from ._adapter import Meta
+from ._errors import choices
+
+__all__ = ["Inputs", "Result", "pad_cat"]
+
+
+def pad_cat(tensors: list[Tensor], *, dim: int, pad_dims: tuple[int, ...], value: Any) -> Tensor:
+    """Concatenate along ``dim`` after padding each of ``pad_dims`` (at the end) to the longest."""
+    if len(tensors) == 1:
+        return tensors[0]
+    target = {d: max(t.shape[d] for t in tensors) for d in pad_dims}
+    out = []
+    for t in tensors:
+        for d, n in target.items():
+            if t.shape[d] < n:
+                shape = list(t.shape)
+                shape[d] = n - t.shape[d]
+                t = torch.cat([t, torch.full(shape, value, dtype=t.dtype, device=t.device)], dim=d)
+        out.append(t)
+    return torch.cat(out, dim=dim)
+
+
+@dataclass
+class Inputs:
+    """The prompts a capture came from: token ids, the attention mask, and their strings.
+
+    ``attention_mask`` is True on real tokens and False on padding; every capture keeps it, so no
+    analysis has to be told about padding again. ``str_tokens`` is decoded lazily.
+    """
+
+    tokens: Int[Tensor, "batch seq"]
+    attention_mask: Bool[Tensor, "batch seq"]
+    prompts: list[str] | None = None
+    decode: Callable[[list[int]], list[str]] | None = field(default=None, repr=False)
+    _str_tokens: list[list[str]] | None = field(default=None, repr=False)
+
+    @property
+    def str_tokens(self) -> list[list[str]]:
+        """Token strings per prompt (padding included; use ``attention_mask`` to drop it)."""
+        if self._str_tokens is None:
+            rows = self.tokens.tolist()
+            if self.decode is None:
+                self._str_tokens = [[str(i) for i in row] for row in rows]
+            else:
+                self._str_tokens = [self.decode(row) for row in rows]
+        return self._str_tokens
+
+    def valid_str_tokens(self, b: int) -> list[str]:
+        """The token strings of prompt ``b`` without padding."""
+        keep = self.attention_mask[b].tolist()
+        return [s for s, k in zip(self.str_tokens[b], keep) if k]
+
+    @staticmethod
+    def concat(parts: list[Inputs], pad_id: int) -> Inputs:
+        if len(parts) == 1:
+            return parts[0]
+        prompts = None
+        if all(p.prompts is not None for p in parts):
+            prompts = [s for p in parts for s in p.prompts or []]
+        return Inputs(
+            tokens=pad_cat([p.tokens for p in parts], dim=0, pad_dims=(1,), value=pad_id),
+            attention_mask=pad_cat([p.attention_mask for p in parts], dim=0, pad_dims=(1,), value=False),
+            prompts=prompts,
+            decode=parts[0].decode,
+        )
+
+
+class Result(Mapping[str, Any]):
+    """The captures of one session or run, by probe name (``result["residual"]`` or ``result.residual``)."""
+
+    def __init__(self, captures: dict[str, Any], inputs: Inputs, meta: Meta, settings: dict[str, Any]):
+        self._captures = captures
+        self.inputs = inputs
+        self.meta = meta
+        self.settings = settings
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._captures[name]
+        except KeyError:
+            from ._errors import SiteError
+
+            raise SiteError(
+                f"no capture named {name!r}; this result holds {choices(self._captures)}"
+            ) from None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        captures = self.__dict__.get("_captures", {})
+        if name in captures:
+            return captures[name]
+        raise AttributeError(f"no capture named {name!r}; this result holds {choices(captures)}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._captures)
+
+    def __len__(self) -> int:
+        return len(self._captures)
+
+    def __repr__(self) -> str:
+        b, s = self.inputs.tokens.shape
+        return (
+            f"Result({', '.join(self._captures)}; {b} prompts x {s} positions; "
+            f"{self.meta.model_name}, {self.meta.mode}, TL {self.meta.tl_version})"
+        )

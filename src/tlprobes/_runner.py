@@ -1,0 +1,174 @@
+"""``run``: tokenise, pad, batch and capture a list of prompts (or token ids) in one call.
+
+::
+
+    >>> result = tp.run(model, prompts, tp.Residual(positions="last"), tp.Components(),
+    ...                 batch_size=16)                                # doctest: +SKIP
+
+Prompts are tokenised one by one with the model's own ``to_tokens`` (so BOS handling is the
+model's), checked against ``n_ctx``, and padded per batch (right by default, ``padding_side="left"``
+on request) with ``attention_mask`` passed to the model. The mask travels with every capture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from ._adapter import Adapter, adapter_for
+from ._errors import InputError, TLProbesError
+from ._result import Result
+from ._session import Session
+from .capture._base import Probe
+
+__all__ = ["run", "pad_sequences"]
+
+_SIDES = ("right", "left")
+
+
+def pad_sequences(
+    seqs: Sequence[Sequence[int]], *, pad_id: int, side: str = "right"
+) -> tuple[Int[Tensor, "batch seq"], Tensor]:
+    """Pad token-id lists into ``(tokens, attention_mask)``."""
+    if side not in _SIDES:
+        raise InputError(f"unknown padding_side {side!r}; valid: 'right', 'left'")
+    width = max(len(s) for s in seqs)
+    tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        n = len(s)
+        sl = slice(0, n) if side == "right" else slice(width - n, width)
+        tokens[i, sl] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, sl] = True
+    return tokens, mask
+
+
+def _as_sequences(
+    adapter: Adapter, inputs: Any, attention_mask: Tensor | None, prepend_bos: bool | None
+) -> tuple[list[list[int]], list[str] | None]:
+    """Every prompt as a list of ids (padding removed), plus the prompt strings if given."""
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if isinstance(inputs, Tensor):
+        if inputs.is_floating_point() or inputs.dim() != 2:
+            raise InputError(
+                f"token input must be a LongTensor [batch, pos], got dtype {inputs.dtype} and shape "
+                f"{tuple(inputs.shape)}"
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(inputs, dtype=torch.bool)
+        if attention_mask.shape != inputs.shape:
+            raise InputError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but tokens have shape "
+                f"{tuple(inputs.shape)}"
+            )
+        m = attention_mask.bool()
+        return [inputs[i][m[i]].tolist() for i in range(inputs.shape[0])], None
+    if attention_mask is not None:
+        raise InputError("attention_mask is only accepted together with a token tensor")
+    if not isinstance(inputs, Sequence) or len(inputs) == 0:
+        raise InputError(
+            f"prompts must be a non-empty list of strings or token-id lists, got {type(inputs).__name__}"
+        )
+    kinds = {
+        "str" if isinstance(x, str) else "tokens" if _is_id_list(x) else type(x).__name__
+        for x in inputs
+    }
+    if kinds == {"str"}:
+        return [adapter.encode(s, prepend_bos=prepend_bos) for s in inputs], list(inputs)
+    if kinds == {"tokens"}:
+        return [[int(i) for i in x] for x in inputs], None
+    bad = sorted(kinds - {"str", "tokens"})
+    if bad:
+        raise InputError(
+            f"cannot read prompts of type {', '.join(bad)}; valid: strings or lists of token ids"
+        )
+    raise InputError(
+        "prompts mix strings and token ids; pass all strings or all token-id lists "
+        f"(first string at index {next(i for i, x in enumerate(inputs) if isinstance(x, str))}, "
+        f"first token list at index {next(i for i, x in enumerate(inputs) if not isinstance(x, str))})"
+    )
+
+
+def _is_id_list(x: Any) -> bool:
+    if isinstance(x, Tensor):
+        return not x.is_floating_point() and x.dim() == 1
+    return isinstance(x, Sequence) and not isinstance(x, str) and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in x
+    )
+
+
+def run(
+    model: Any,
+    prompts: Any,
+    *probes: Probe,
+    batch_size: int = 16,
+    attention_mask: Tensor | None = None,
+    padding_side: str = "right",
+    prepend_bos: bool | None = None,
+    device: torch.device | str | None = "cpu",
+    dtype: torch.dtype | None = None,
+    progress: bool | None = None,
+    **forward_kwargs: Any,
+) -> Result:
+    """Run ``probes`` over ``prompts`` in batches and return the merged :class:`~tlprobes.Result`.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        prompts: a string, a list of strings, a list of token-id lists, or a LongTensor
+            ``[batch, pos]`` (with ``attention_mask`` if it is padded). Never a mix.
+        probes: probe instances (``tp.Residual()``, ...).
+        batch_size: prompts per forward pass.
+        padding_side: ``"right"`` (default) or ``"left"``.
+        prepend_bos: passed to the model's ``to_tokens`` (``None``: the model's default).
+        device, dtype: where captures are kept (CPU by default).
+        progress: show a tqdm bar (default: when there is more than one batch).
+
+    Example::
+
+        >>> res = tp.run(model, ["She gave her a book."], tp.Residual(positions=tp.Target(" her")))  # doctest: +SKIP
+    """
+    adapter = adapter_for(model)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    if padding_side not in _SIDES:
+        raise InputError(f"unknown padding_side {padding_side!r}; valid: 'right', 'left'")
+    session = Session(model, probes, device=device, dtype=dtype)  # validates probes first
+    seqs, texts = _as_sequences(adapter, prompts, attention_mask, prepend_bos)
+    for i, s in enumerate(seqs):
+        if len(s) == 0:
+            raise InputError(f"prompt {i} is empty")
+        if len(s) > adapter.n_ctx:
+            what = f" ({texts[i][:50]!r}...)" if texts else ""
+            raise InputError(
+                f"prompt {i}{what} is {len(s)} tokens long, longer than the model's context of "
+                f"{adapter.n_ctx} tokens (n_ctx); shorten or split it"
+            )
+        bad = [t for t in s if not 0 <= t < adapter.d_vocab]
+        if bad:
+            raise InputError(
+                f"prompt {i} holds token id {bad[0]}, outside the vocabulary 0..{adapter.d_vocab - 1}"
+            )
+    pad_id = adapter.pad_token_id()
+    starts = range(0, len(seqs), batch_size)
+    show = progress if progress is not None else len(starts) > 1
+    from tqdm.auto import tqdm
+
+    model_device = adapter.meta.device
+    with session, torch.no_grad():
+        for start in tqdm(starts, disable=not show, desc="tlprobes", unit="batch"):
+            chunk = seqs[start : start + batch_size]
+            tokens, mask = pad_sequences(chunk, pad_id=pad_id, side=padding_side)
+            session.next_prompts = texts[start : start + batch_size] if texts else None
+            model(
+                tokens.to(model_device),
+                attention_mask=mask.to(model_device).long(),
+                **forward_kwargs,
+            )
+    if session.n_batches != len(starts):  # pragma: no cover - defensive
+        raise TLProbesError(f"expected {len(starts)} batches, captured {session.n_batches}")
+    return session.result

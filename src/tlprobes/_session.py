@@ -1,0 +1,276 @@
+"""``attach``: register probes as TransformerLens hooks for the forward passes inside a ``with`` block.
+
+::
+
+    >>> import tlprobes as tp
+    >>> with tp.attach(model, tp.Residual(), tp.Attention(layers=[0])) as session:   # doctest: +SKIP
+    ...     model(tokens, attention_mask=mask)
+    >>> session.result.residual.resid.shape                                          # doctest: +SKIP
+
+One hook is registered per ``(site, layer)`` that any probe needs, through the HookPoint's own
+``add_hook`` (which returns a handle), plus a forward pre-hook and post-hook on the model that read
+the tokens and ``attention_mask`` of each call. On exit, exactly those handles are removed, in a
+``finally`` block: a forward pass that raises leaves no tlprobes hook behind, and hooks that were
+there before (the user's, permanent or not) are never removed or reordered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._adapter import Adapter, adapter_for
+from ._errors import InputError, TLProbesError
+from ._result import Inputs, Result
+from .capture._base import BatchContext, Probe
+
+__all__ = ["Session", "attach"]
+
+
+class Session:
+    """Probes attached to one model. Use :func:`attach` to make one."""
+
+    def __init__(
+        self,
+        model: Any,
+        probes: Sequence[Probe],
+        *,
+        device: torch.device | str | None = "cpu",
+        dtype: torch.dtype | None = None,
+    ):
+        self.adapter: Adapter = adapter_for(model)
+        self.model = model
+        self.probes = _check_probes(probes)
+        self.device = device
+        self.dtype = dtype
+        # plan: validate every probe against the model before anything is registered
+        self._routes: dict[tuple[str, int | None], list[Probe]] = {}
+        for probe in self.probes:
+            for site_layer in probe.plan(self.adapter):
+                self._routes.setdefault(site_layer, []).append(probe)
+        self._points = {key: self.adapter.hook_point(*key) for key in self._routes}
+        self._handles: list[tuple[Any, Any]] = []  # (hook point or None, handle)
+        self._ctx: BatchContext | None = None
+        self._scratch: dict[str, dict[str, Any]] = {}
+        self._pieces: dict[str, list[dict[str, Any]]] = {p.name: [] for p in self.probes}
+        self._inputs: list[Inputs] = []
+        self.next_prompts: list[str] | None = None  # set by the runner for clearer errors
+        self.attached = False
+
+    # ---------------------------------------------------------------- registration
+    def __enter__(self) -> Session:
+        if not self.attached:
+            self.attach()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def attach(self) -> Session:
+        """Register the hooks (``with`` does this for you)."""
+        if self.attached:
+            raise TLProbesError("this session is already attached")
+        try:
+            self._handles.append(
+                (None, self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
+            )
+            for key, point in self._points.items():
+                fn = self._make_hook(key, self._routes[key])
+                if hasattr(point, "add_hook"):
+                    handle = point.add_hook(fn, dir="fwd")
+                    self._handles.append((point, handle))
+                else:  # a plain module hook (logits on TL 2.18)
+                    self._handles.append((None, point.add(fn)))
+            self._handles.append((None, self.model.register_forward_hook(self._post_forward)))
+        except BaseException:
+            self.detach()
+            raise
+        self.attached = True
+        return self
+
+    def detach(self) -> None:
+        """Remove exactly the hooks this session added; safe to call twice."""
+        handles, self._handles = self._handles, []
+        errors: list[BaseException] = []
+        for point, handle in reversed(handles):
+            try:
+                if point is None:
+                    handle.remove()
+                else:
+                    handle.hook.remove()
+                    point.fwd_hooks = [h for h in point.fwd_hooks if h is not handle]
+            except BaseException as err:  # keep removing the rest
+                errors.append(err)
+        self._ctx = None
+        self.attached = False
+        if errors:
+            raise errors[0]
+
+    def _make_hook(self, key: tuple[str, int | None], probes: list[Probe]) -> Any:
+        site, layer = key
+
+        def hook(tensor: Tensor, hook: Any = None) -> None:
+            ctx = self._ctx
+            if ctx is None:  # a call we did not see start (e.g. a submodule called directly)
+                return None
+            for probe in probes:
+                probe.on_activation(site, layer, tensor, self._scratch[probe.name], ctx)
+            return None
+
+        return hook
+
+    # ---------------------------------------------------------------- per forward pass
+    def _pre_forward(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._ctx = None
+        for flag in ("start_at_layer", "stop_at_layer"):
+            if kwargs.get(flag) is not None:
+                raise InputError(
+                    f"tlprobes captures whole forward passes; got {flag}={kwargs[flag]!r}. Run the "
+                    "full model inside the session, or detach the probes for partial passes"
+                )
+        inp = args[0] if args else kwargs.get("input", kwargs.get("tokens"))
+        tokens, mask, prompts = self._read_input(inp, kwargs)
+        ctx = BatchContext(
+            self.adapter,
+            tokens,
+            mask,
+            store_device=self.device,
+            store_dtype=self.dtype,
+            prompts=prompts or self.next_prompts,
+        )
+        scratch = {p.name: p.new_batch(ctx) for p in self.probes}
+        for probe in self.probes:  # resolve selectors now: a missing target fails before the pass
+            spec = getattr(probe, "positions", None)
+            if spec is not None:
+                ctx.positions(spec)
+        self._scratch = scratch
+        self._ctx = ctx
+
+    def _read_input(self, inp: Any, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor, list[str] | None]:
+        mask = kwargs.get("attention_mask")
+        if isinstance(inp, Tensor):
+            if inp.is_floating_point():
+                raise InputError(
+                    "tlprobes needs token ids (a LongTensor [batch, pos]) or strings as model input, "
+                    f"got a float tensor of shape {tuple(inp.shape)}"
+                )
+            tokens = inp if inp.dim() == 2 else inp.unsqueeze(0)
+            if mask is None:
+                mask = torch.ones_like(tokens, dtype=torch.bool)
+            return tokens, mask.bool(), None
+        if isinstance(inp, str):
+            inp = [inp]
+        if isinstance(inp, list) and inp and all(isinstance(s, str) for s in inp):
+            prepend_bos = kwargs.get("prepend_bos")
+            side = kwargs.get("padding_side") or getattr(self.adapter.tokenizer, "padding_side", "right")
+            bos_kw = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
+            tokens = self.model.to_tokens(inp, padding_side=side, move_to_device=False, **bos_kw)
+            if mask is None:
+                lengths = [len(self.adapter.encode(s, prepend_bos=prepend_bos)) for s in inp]
+                seq = tokens.shape[1]
+                ar = torch.arange(seq)
+                mask = torch.stack(
+                    [(ar >= seq - n) if side == "left" else (ar < n) for n in lengths]
+                )
+            return tokens, mask.bool(), list(inp)
+        raise InputError(
+            f"cannot read model input of type {type(inp).__name__}; valid: a string, a list of "
+            "strings, or token ids (LongTensor [batch, pos])"
+        )
+
+    def _post_forward(self, module: Any, args: Any, output: Any) -> None:
+        ctx = self._ctx
+        if ctx is None:
+            return
+        self._ctx = None
+        pieces = {p.name: p.end_batch(self._scratch[p.name], ctx) for p in self.probes}
+        for name, piece in pieces.items():
+            self._pieces[name].append(piece)
+        self._inputs.append(
+            Inputs(
+                tokens=ctx.tokens,
+                attention_mask=ctx.mask,
+                prompts=ctx.prompts,
+                decode=_decoder(self.adapter),
+            )
+        )
+        self._scratch = {}
+
+    # ---------------------------------------------------------------- results
+    @property
+    def n_batches(self) -> int:
+        return len(self._inputs)
+
+    @property
+    def result(self) -> Result:
+        """Every completed forward pass so far, merged along the batch axis."""
+        if not self._inputs:
+            raise TLProbesError(
+                "no forward pass completed while the probes were attached; call the model inside "
+                "the `with tp.attach(...)` block"
+            )
+        inputs = Inputs.concat(self._inputs, self.adapter.pad_token_id())
+        captures = {}
+        for probe in self.probes:
+            piece = probe.merge(self._pieces[probe.name])
+            captures[probe.name] = probe.finalize(piece, inputs, self.adapter.meta)
+        settings = {"probes": [repr(p) for p in self.probes], "device": str(self.device),
+                    "dtype": str(self.dtype)}
+        return Result(captures, inputs, self.adapter.meta, settings)
+
+
+def _decoder(adapter: Adapter) -> Any:
+    tok = adapter.tokenizer
+    if tok is None:
+        return None
+
+    def decode(ids: list[int]) -> list[str]:
+        return tok.batch_decode([[i] for i in ids])
+
+    return decode
+
+
+def _check_probes(probes: Sequence[Any]) -> tuple[Probe, ...]:
+    if not probes:
+        raise TLProbesError("attach needs at least one probe, e.g. tp.Residual()")
+    out: list[Probe] = []
+    names: set[str] = set()
+    for p in probes:
+        if isinstance(p, type) and issubclass(p, Probe):
+            raise TLProbesError(f"got the class {p.__name__}; pass an instance: {p.__name__}()")
+        if not isinstance(p, Probe):
+            raise TLProbesError(
+                f"{p!r} is not a probe; valid: tp.Residual, tp.Attention, tp.Components, "
+                "tp.LogitLens, tp.Steps, tp.ResidualMean, tp.Activation (instances)"
+            )
+        if p.name in names:
+            raise TLProbesError(
+                f"two probes are named {p.name!r}; give one another name, e.g. name='{p.name}2'"
+            )
+        names.add(p.name)
+        out.append(p)
+    return tuple(out)
+
+
+def attach(
+    model: Any,
+    *probes: Probe,
+    device: torch.device | str | None = "cpu",
+    dtype: torch.dtype | None = None,
+) -> Session:
+    """Attach probes to a TransformerLens model; use as a context manager.
+
+    Every forward call inside the block is captured (one pass captures all probes); several calls
+    append along the batch axis. Captures are moved to ``device`` (CPU by default; ``None`` keeps
+    them where the model is) and ``dtype`` as they arrive.
+
+    Example::
+
+        >>> with tp.attach(model, tp.Residual(), tp.LogitLens(top_k=5)) as session:  # doctest: +SKIP
+        ...     model(tokens, attention_mask=mask)
+        >>> session.result.logit_lens.top_ids.shape                                  # doctest: +SKIP
+    """
+    return Session(model, probes, device=device, dtype=dtype)

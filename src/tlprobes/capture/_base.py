@@ -1,0 +1,144 @@
+"""The probe protocol shared by every capture and streaming reducer.
+
+A probe is a frozen configuration. It declares the ``(site, layer)`` pairs it needs; the session
+registers one hook per pair and, during a forward pass, hands each activation to every probe that
+asked for it. A probe keeps per-batch scratch, turns it into a small *piece* when the pass ends, and
+merges pieces across batches (``merge``) into its capture (``finalize``)::
+
+    plan(adapter)          -> [(site, layer), ...]          once, at attach time
+    new_batch(ctx)         -> scratch                       per forward pass
+    on_activation(...)                                      inside the hook
+    end_batch(scratch,ctx) -> piece                         when the forward pass returns
+    merge(pieces)          -> piece                         across batches (sum or concat)
+    finalize(piece, inputs, meta) -> capture
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from .._adapter import Adapter, Meta
+from .._errors import TLProbesError
+from .._result import Inputs, pad_cat
+from ._positions import PositionSpec, resolve_positions
+
+__all__ = ["Probe", "BatchContext", "cat_pieces"]
+
+
+class BatchContext:
+    """What a probe knows about the forward pass in flight: tokens, mask, and resolved positions."""
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        tokens: Int[Tensor, "batch seq"],
+        mask: Bool[Tensor, "batch seq"],
+        *,
+        store_device: torch.device | str | None,
+        store_dtype: torch.dtype | None,
+        prompts: list[str] | None = None,
+    ):
+        self.adapter = adapter
+        self.tokens = tokens.detach().cpu()
+        self.mask = mask.detach().bool().cpu()
+        self.store_device = store_device
+        self.store_dtype = store_dtype
+        self.prompts = prompts
+        self._positions: dict[Any, tuple[Tensor, Tensor]] = {}
+        self._index: dict[tuple[Any, torch.device], Tensor] = {}
+
+    def describe(self, b: int) -> str:
+        if self.prompts is not None and b < len(self.prompts):
+            return f"prompt {b} ({self.prompts[b][:60]!r})"
+        return f"prompt {b}"
+
+    def positions(self, spec: PositionSpec) -> tuple[Int[Tensor, "batch k"], Bool[Tensor, "batch k"]]:
+        """Resolve (and cache) a position selector for this batch."""
+        key = spec if not isinstance(spec, list) else tuple(spec)
+        if key not in self._positions:
+            self._positions[key] = resolve_positions(
+                spec,
+                self.tokens,
+                self.mask,
+                encode_word=self.adapter.encode_word,
+                describe=self.describe,
+            )
+        return self._positions[key]
+
+    def select(self, t: Tensor, spec: PositionSpec, *, pos_dim: int = 1) -> Tensor:
+        """Keep only the selected positions of ``t`` (``[batch, seq, ...]`` -> ``[batch, k, ...]``)."""
+        if isinstance(spec, str) and spec == "all":
+            return t
+        key = (spec if not isinstance(spec, list) else tuple(spec), t.device)
+        idx = self._index.get(key)
+        if idx is None:
+            pos, _ = self.positions(spec)
+            idx = pos.clamp(min=0).to(t.device)
+            self._index[key] = idx
+        if pos_dim == 1:
+            gather = idx.view(*idx.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
+            return t.gather(1, gather)
+        raise NotImplementedError(pos_dim)
+
+    def store(self, t: Tensor) -> Tensor:
+        """Detach and move a capture to where results live (CPU by default)."""
+        t = t.detach()
+        if self.store_device is not None or self.store_dtype is not None:
+            t = t.to(device=self.store_device, dtype=self.store_dtype)
+        return t
+
+
+def cat_pieces(pieces: list[dict[str, Any]], layout: dict[str, tuple[int, tuple[int, ...], Any]]) -> dict[str, Any]:
+    """Merge per-batch pieces by concatenating each field along its batch dim, padding ragged dims.
+
+    ``layout`` maps a field to ``(batch_dim, pad_dims, pad_value)``; fields not in it are taken from
+    the first piece.
+    """
+    out = dict(pieces[0])
+    for key, (dim, pad_dims, value) in layout.items():
+        vals = [p[key] for p in pieces]
+        if vals[0] is None:
+            continue
+        out[key] = pad_cat(vals, dim=dim, pad_dims=pad_dims, value=value)
+    return out
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Base class of probes. Subclasses are frozen dataclasses with a ``name`` field."""
+
+    def plan(self, adapter: Adapter) -> list[tuple[str, int | None]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def new_batch(self, ctx: BatchContext) -> dict[str, Any]:
+        return {}
+
+    def on_activation(
+        self, site: str, layer: int | None, t: Tensor, scratch: dict[str, Any], ctx: BatchContext
+    ) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def end_batch(self, scratch: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def merge(self, pieces: list[dict[str, Any]]) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def finalize(self, piece: dict[str, Any], inputs: Inputs, meta: Meta) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    # helpers ---------------------------------------------------------------------------------
+    @staticmethod
+    def _stack(scratch: dict[Any, Tensor], keys: list[Any], what: str) -> Tensor:
+        missing = [k for k in keys if k not in scratch]
+        if missing:
+            raise TLProbesError(
+                f"{what}: hooks {missing[:4]} did not fire in this forward pass; tlprobes captures "
+                "whole forward passes (no stop_at_layer / start_at_layer)"
+            )
+        return torch.stack([scratch[k] for k in keys])

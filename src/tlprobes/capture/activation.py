@@ -1,0 +1,103 @@
+"""Any activation by canonical site or TL hook name, at chosen layers and positions.
+
+::
+
+    >>> tp.Activation("resid_mid", layers=[1, 2])                    # doctest: +SKIP
+    >>> tp.Activation("blocks.0.mlp.hook_post", positions="last")    # doctest: +SKIP
+
+Site names are checked against the model when the probe is attached; a typo fails with the valid
+names (TL 3.9's bridge would silently ignore it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from jaxtyping import Float
+from torch import Tensor
+
+from .._adapter import LAYER_SITES, SITES, Adapter, Meta
+from .._errors import SiteError, choices
+from .._result import Inputs
+from ._base import BatchContext, Probe, cat_pieces
+from ._capture import Captured
+from ._positions import PositionSpec, check_spec
+
+__all__ = ["Activation", "ActivationCapture"]
+
+
+@dataclass(frozen=True, repr=False)
+class ActivationCapture(Captured):
+    """``values[i]`` is the activation at ``layers[i]`` (one row for a global hook)."""
+
+    values: Float[Tensor, "layer batch k *rest"]
+    site: str
+    layers: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Activation(Probe):
+    """Capture one site (``"resid_mid"``, ``"attn_out"``, ...) or any TL hook name.
+
+    Args:
+        site: a canonical site or a full hook name such as ``"blocks.0.mlp.hook_post"``.
+        layers: block indices for block sites (``None``: all); ignored for hook names.
+        positions: position selector for activations shaped ``[batch, pos, ...]``.
+    """
+
+    site: str = "resid_post"
+    layers: Any = None
+    positions: PositionSpec = "all"
+    name: str = "activation"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positions", check_spec(self.positions))
+        if not isinstance(self.site, str) or not self.site:
+            raise SiteError(f"site must be a non-empty str, got {self.site!r}; valid: {choices(SITES)}")
+        if "." not in self.site and not self.site.startswith("hook_") and self.site not in SITES:
+            raise SiteError(f"unknown site {self.site!r}; valid sites: {choices(SITES)}, or a TL hook name")
+        if self.site in ("pattern",):
+            raise SiteError("use tp.Attention for attention patterns (site 'pattern')")
+
+    def plan(self, adapter: Adapter) -> list[tuple[str, int | None]]:
+        if self.site in SITES:
+            if self.site in LAYER_SITES:
+                layers = adapter.layers(self.layers)
+                object.__setattr__(self, "_layers", layers)
+                return [(self.site, l) for l in layers]
+            object.__setattr__(self, "_layers", (0,))
+            return [(self.site, None)]
+        adapter.raw_hook_point(self.site)  # validate the name now
+        object.__setattr__(self, "_layers", (0,))
+        return [("@" + self.site, None)]
+
+    def on_activation(
+        self, site: str, layer: int | None, t: Tensor, scratch: dict[str, Any], ctx: BatchContext
+    ) -> None:
+        scratch[layer if layer is not None else 0] = ctx.store(ctx.select(t, self.positions))
+
+    def end_batch(self, scratch: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
+        pos, valid = ctx.positions(self.positions)
+        return {
+            "values": self._stack(scratch, list(self._layers), self.name),  # type: ignore[attr-defined]
+            "positions": pos,
+            "mask": valid,
+        }
+
+    def merge(self, pieces: list[dict[str, Any]]) -> dict[str, Any]:
+        return cat_pieces(
+            pieces,
+            {"values": (1, (2,), 0.0), "positions": (0, (1,), -1), "mask": (0, (1,), False)},
+        )
+
+    def finalize(self, piece: dict[str, Any], inputs: Inputs, meta: Meta) -> ActivationCapture:
+        return ActivationCapture(
+            positions=piece["positions"],
+            mask=piece["mask"],
+            inputs=inputs,
+            meta=meta,
+            values=piece["values"],
+            site=self.site,
+            layers=self._layers,  # type: ignore[attr-defined]
+        )

@@ -1,0 +1,118 @@
+"""Attention patterns ``[batch, head, dest, src]`` of chosen layers and heads.
+
+Rows are the attending (destination) positions, columns the attended (source) ones; each valid row
+sums to 1 and padded keys get 0. ``capture.attention_mask`` says which rows and columns are real::
+
+    >>> att = tp.run(model, prompts, tp.Attention(layers=[0, 2], heads=[1])).attention  # doctest: +SKIP
+    >>> att.pattern_at(2).shape                                                        # doctest: +SKIP
+    torch.Size([batch, 1, seq, seq])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from .._adapter import Adapter, Meta
+from .._errors import HeadError, LayerError, choices
+from .._result import Inputs
+from ._base import BatchContext, Probe, cat_pieces
+
+__all__ = ["Attention", "AttentionCapture"]
+
+
+@dataclass(frozen=True)
+class AttentionCapture:
+    """``pattern[i]`` is layer ``layers[i]``; its head axis holds ``heads``."""
+
+    pattern: Float[Tensor, "layer batch head dest src"]
+    layers: tuple[int, ...]
+    heads: tuple[int, ...]
+    inputs: Inputs
+    meta: Meta
+
+    @property
+    def mask(self) -> Bool[Tensor, "batch seq"]:
+        return self.inputs.attention_mask
+
+    @property
+    def tokens(self) -> Int[Tensor, "batch seq"]:
+        return self.inputs.tokens
+
+    @property
+    def str_tokens(self) -> list[list[str]]:
+        return self.inputs.str_tokens
+
+    def pattern_at(self, layer: int) -> Float[Tensor, "batch head dest src"]:
+        """The pattern of one captured layer."""
+        if layer not in self.layers:
+            raise LayerError(f"layer {layer} was not captured; captured layers: {choices(self.layers)}")
+        return self.pattern[self.layers.index(layer)]
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"pattern": self.pattern}
+
+    def __repr__(self) -> str:
+        return f"AttentionCapture(pattern={tuple(self.pattern.shape)}, layers={self.layers}, heads={self.heads})"
+
+
+@dataclass(frozen=True)
+class Attention(Probe):
+    """Capture attention patterns.
+
+    Args:
+        layers: block indices (``None``: all).
+        heads: head indices (``None``: all), the same for every layer.
+    """
+
+    layers: Any = None
+    heads: Any = None
+    name: str = "attention"
+
+    def plan(self, adapter: Adapter) -> list[tuple[str, int | None]]:
+        layers = adapter.layers(self.layers)
+        if self.heads is None:
+            heads: tuple[int, ...] = tuple(range(adapter.n_heads))
+        else:
+            raw = [self.heads] if isinstance(self.heads, int) else list(self.heads)
+            heads = []
+            for h in raw:
+                if not isinstance(h, int) or not -adapter.n_heads <= h < adapter.n_heads:
+                    raise HeadError(
+                        f"head {h!r} is out of range for {adapter.meta.model_name} with "
+                        f"{adapter.n_heads} heads per layer; valid: 0..{adapter.n_heads - 1}"
+                    )
+                heads.append(h % adapter.n_heads)
+            heads = tuple(dict.fromkeys(heads))
+        object.__setattr__(self, "_layers", layers)
+        object.__setattr__(self, "_heads", heads)
+        return [("pattern", l) for l in layers]
+
+    def on_activation(
+        self, site: str, layer: int | None, t: Tensor, scratch: dict[str, Any], ctx: BatchContext
+    ) -> None:
+        heads = self._heads  # type: ignore[attr-defined]
+        if len(heads) != t.shape[1]:
+            t = t[:, list(heads)]
+        scratch[layer] = ctx.store(t)
+
+    def end_batch(self, scratch: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
+        return {"pattern": self._stack(scratch, list(self._layers), self.name)}  # type: ignore[attr-defined]
+
+    def merge(self, pieces: list[dict[str, Any]]) -> dict[str, Any]:
+        return cat_pieces(pieces, {"pattern": (1, (3, 4), 0.0)})
+
+    def finalize(self, piece: dict[str, Any], inputs: Inputs, meta: Meta) -> AttentionCapture:
+        return AttentionCapture(
+            pattern=piece["pattern"],
+            layers=self._layers,  # type: ignore[attr-defined]
+            heads=self._heads,  # type: ignore[attr-defined]
+            inputs=inputs,
+            meta=meta,
+        )
+
+

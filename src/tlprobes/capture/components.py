@@ -1,0 +1,101 @@
+"""Attention and MLP outputs of each block: what each sublayer writes into the residual stream.
+
+x_{l+1} - x_l = attn_out_l + mlp_out_l exactly (tested against the residual captures)::
+
+    >>> tp.run(model, prompts, tp.Components(layers=[0, 1])).components.attn_out.shape  # doctest: +SKIP
+    torch.Size([2, batch, pos, d_model])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from jaxtyping import Float
+from torch import Tensor
+
+from .._adapter import Adapter, Meta
+from .._errors import SiteError, choices
+from .._result import Inputs
+from ._base import BatchContext, Probe, cat_pieces
+from ._capture import Captured
+from ._positions import PositionSpec, check_spec
+
+__all__ = ["Components", "ComponentsCapture"]
+
+_PARTS = ("attn_out", "mlp_out")
+
+
+@dataclass(frozen=True, repr=False)
+class ComponentsCapture(Captured):
+    """``attn_out[i]`` / ``mlp_out[i]`` belong to block ``layers[i]`` (None when not asked for)."""
+
+    attn_out: Float[Tensor, "layer batch k d_model"] | None
+    mlp_out: Float[Tensor, "layer batch k d_model"] | None
+    layers: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Components(Probe):
+    """Capture ``attn_out`` and/or ``mlp_out`` of chosen blocks at selected positions.
+
+    Args:
+        layers: block indices (``None``: all; negative counts from the end).
+        parts: any of ``"attn_out"``, ``"mlp_out"``.
+        positions: position selector, as for :class:`Residual`.
+    """
+
+    layers: Any = None
+    parts: tuple[str, ...] = _PARTS
+    positions: PositionSpec = "all"
+    name: str = "components"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positions", check_spec(self.positions))
+        parts = (self.parts,) if isinstance(self.parts, str) else tuple(self.parts)
+        for p in parts:
+            if p not in _PARTS:
+                raise SiteError(f"unknown component {p!r}; valid: {choices(_PARTS)}")
+        object.__setattr__(self, "parts", parts)
+
+    def plan(self, adapter: Adapter) -> list[tuple[str, int | None]]:
+        layers = adapter.layers(self.layers)
+        object.__setattr__(self, "_layers", layers)
+        return [(p, l) for l in layers for p in self.parts]
+
+    def on_activation(
+        self, site: str, layer: int | None, t: Tensor, scratch: dict[str, Any], ctx: BatchContext
+    ) -> None:
+        scratch[(site, layer)] = ctx.store(ctx.select(t, self.positions))
+
+    def end_batch(self, scratch: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
+        layers = self._layers  # type: ignore[attr-defined]
+        pos, valid = ctx.positions(self.positions)
+        out: dict[str, Any] = {"positions": pos, "mask": valid}
+        for p in _PARTS:
+            out[p] = (
+                self._stack(scratch, [(p, l) for l in layers], self.name) if p in self.parts else None
+            )
+        return out
+
+    def merge(self, pieces: list[dict[str, Any]]) -> dict[str, Any]:
+        return cat_pieces(
+            pieces,
+            {
+                "attn_out": (1, (2,), 0.0),
+                "mlp_out": (1, (2,), 0.0),
+                "positions": (0, (1,), -1),
+                "mask": (0, (1,), False),
+            },
+        )
+
+    def finalize(self, piece: dict[str, Any], inputs: Inputs, meta: Meta) -> ComponentsCapture:
+        return ComponentsCapture(
+            positions=piece["positions"],
+            mask=piece["mask"],
+            inputs=inputs,
+            meta=meta,
+            attn_out=piece["attn_out"],
+            mlp_out=piece["mlp_out"],
+            layers=self._layers,  # type: ignore[attr-defined]
+        )

@@ -1,0 +1,123 @@
+"""The residual stream: the L+1 states x_0..x_L of every selected token.
+
+x_0 is ``resid_pre`` of block 0 (embedding + positional embedding) and x_l is ``resid_post`` of block
+l-1. ``final_state="ln_f"`` applies the final LayerNorm to x_L, which is what HF's
+``hidden_states[-1]`` holds; ``"raw"`` (default) keeps TL's raw residual::
+
+    >>> with tp.attach(model, tp.Residual(positions="last", mid=True)) as s:   # doctest: +SKIP
+    ...     model(tokens)
+    >>> s.result.residual.resid.shape                                           # doctest: +SKIP
+    torch.Size([L + 1, batch, 1, d_model])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from jaxtyping import Float
+from torch import Tensor
+
+from .._adapter import Adapter, Meta
+from .._errors import TLProbesError, choices
+from .._result import Inputs
+from ._base import BatchContext, Probe, cat_pieces
+from ._capture import Captured
+from ._positions import PositionSpec, check_spec
+
+__all__ = ["Residual", "ResidualCapture"]
+
+_FINAL = ("raw", "ln_f")
+
+
+@dataclass(frozen=True, repr=False)
+class ResidualCapture(Captured):
+    """``resid[l]`` is x_l (l = 0..L); ``resid_mid[l]`` is block l's ``resid_mid`` (when asked)."""
+
+    resid: Float[Tensor, "state batch k d_model"]
+    resid_mid: Float[Tensor, "layer batch k d_model"] | None
+    final_state: str
+
+    @property
+    def n_layers(self) -> int:
+        return self.resid.shape[0] - 1
+
+
+@dataclass(frozen=True)
+class Residual(Probe):
+    """Capture the residual stream x_0..x_L (and optionally ``resid_mid``) at selected positions.
+
+    Args:
+        positions: which tokens to keep (see :mod:`tlprobes.capture._positions`): ``"all"``,
+            ``"last"``, indices, or ``tp.Target(" her", offset=-1)``.
+        mid: also keep ``resid_mid`` of every block (x_l + attn_out_l).
+        final_state: ``"raw"`` or ``"ln_f"`` (final LayerNorm applied to x_L, as in HF).
+        name: key of the capture in the result.
+    """
+
+    positions: PositionSpec = "all"
+    mid: bool = False
+    final_state: Literal["raw", "ln_f"] = "raw"
+    name: str = "residual"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positions", check_spec(self.positions))
+        if self.final_state not in _FINAL:
+            raise TLProbesError(
+                f"unknown final_state {self.final_state!r}; valid: {choices(_FINAL)}"
+            )
+
+    def plan(self, adapter: Adapter) -> list[tuple[str, int | None]]:
+        n = adapter.n_layers
+        sites: list[tuple[str, int | None]] = [("resid_pre", l) for l in range(n)]
+        sites.append(("resid_post", n - 1))
+        if self.mid:
+            sites += [("resid_mid", l) for l in range(n)]
+        return sites
+
+    def on_activation(
+        self, site: str, layer: int | None, t: Tensor, scratch: dict[str, Any], ctx: BatchContext
+    ) -> None:
+        x = ctx.select(t, self.positions)
+        if site == "resid_post":
+            if self.final_state == "ln_f":
+                x = ctx.adapter.ln_final(x)
+            scratch[("state", ctx.adapter.n_layers)] = ctx.store(x)
+        elif site == "resid_pre":
+            scratch[("state", layer)] = ctx.store(x)
+        else:
+            scratch[("mid", layer)] = ctx.store(x)
+
+    def end_batch(self, scratch: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
+        n = ctx.adapter.n_layers
+        pos, valid = ctx.positions(self.positions)
+        return {
+            "resid": self._stack(scratch, [("state", l) for l in range(n + 1)], self.name),
+            "resid_mid": self._stack(scratch, [("mid", l) for l in range(n)], self.name)
+            if self.mid
+            else None,
+            "positions": pos,
+            "mask": valid,
+        }
+
+    def merge(self, pieces: list[dict[str, Any]]) -> dict[str, Any]:
+        return cat_pieces(
+            pieces,
+            {
+                "resid": (1, (2,), 0.0),
+                "resid_mid": (1, (2,), 0.0),
+                "positions": (0, (1,), -1),
+                "mask": (0, (1,), False),
+            },
+        )
+
+    def finalize(self, piece: dict[str, Any], inputs: Inputs, meta: Meta) -> ResidualCapture:
+        return ResidualCapture(
+            positions=piece["positions"],
+            mask=piece["mask"],
+            inputs=inputs,
+            meta=meta,
+            resid=piece["resid"],
+            resid_mid=piece["resid_mid"],
+            final_state=self.final_state,
+        )
