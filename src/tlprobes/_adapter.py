@@ -126,7 +126,7 @@ class Adapter:
         if self.is_bridge:
             mode = "compat" if getattr(model, "compatibility_mode", False) else "raw"
         else:
-            mode = "compat" if self.normalization in ("LNPre", "RMSPre") else "raw"
+            mode = "compat" if self._hooked_is_processed() else "raw"
         param = next(iter(model.parameters()), None)
         self.meta = Meta(
             model_name=str(getattr(cfg, "model_name", None) or type(model).__name__),
@@ -142,6 +142,21 @@ class Adapter:
             n_ctx=self.n_ctx,
             normalization=self.normalization,
         )
+
+    def _hooked_is_processed(self) -> bool:
+        """HookedTransformer weights processed the HT way (fold_ln / centre_writing_weights).
+
+        TL 3 marks folded LayerNorms as ``LNPre``; TL 2.18's ``load_and_process_state_dict`` keeps
+        ``LN``, so we also look for centred writing weights (each ``W_E`` row has mean 0), which is
+        what changes the residual geometry.
+        """
+        if self.normalization in ("LNPre", "RMSPre"):
+            return True
+        W_E = getattr(self.model, "W_E", None)
+        if W_E is None:
+            return False
+        with torch.no_grad():
+            return bool(W_E.mean(-1).abs().max() <= 1e-6 * W_E.abs().mean().clamp(min=1e-12) * 10)
 
     # ------------------------------------------------------------------ sites and hooks
     def layer(self, layer: int, *, n: int | None = None, what: str = "layer") -> int:

@@ -81,6 +81,8 @@ class Session:
                 fn = self._make_hook(key, self._routes[key])
                 if hasattr(point, "add_hook"):
                     handle = point.add_hook(fn, dir="fwd")
+                    if handle is None:  # TL 2.x/3.x return nothing; the handle was appended last
+                        handle = point.fwd_hooks[-1]
                     self._handles.append((point, handle))
                 else:  # a plain module hook (logits on TL 2.18)
                     self._handles.append((None, point.add(fn)))

@@ -93,7 +93,7 @@ class BatchContext:
         return t
 
 
-def cat_pieces(pieces: list[dict[str, Any]], layout: dict[str, tuple[int, tuple[int, ...], Any]]) -> dict[str, Any]:
+def cat_pieces(pieces: list[dict[Any, Any]], layout: dict[str, tuple[int, tuple[int, ...], Any]]) -> dict[Any, Any]:
     """Merge per-batch pieces by concatenating each field along its batch dim, padding ragged dims.
 
     ``layout`` maps a field to ``(batch_dim, pad_dims, pad_value)``; fields not in it are taken from
@@ -115,21 +115,21 @@ class Probe:
     def plan(self, adapter: Adapter) -> list[tuple[str, int | None]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def new_batch(self, ctx: BatchContext) -> dict[str, Any]:
+    def new_batch(self, ctx: BatchContext) -> dict[Any, Any]:
         return {}
 
     def on_activation(
-        self, site: str, layer: int | None, t: Tensor, scratch: dict[str, Any], ctx: BatchContext
+        self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def end_batch(self, scratch: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:  # pragma: no cover
+    def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:  # pragma: no cover
         raise NotImplementedError
 
-    def merge(self, pieces: list[dict[str, Any]]) -> dict[str, Any]:  # pragma: no cover - abstract
+    def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def finalize(self, piece: dict[str, Any], inputs: Inputs, meta: Meta) -> Any:  # pragma: no cover
+    def finalize(self, piece: dict[Any, Any], inputs: Inputs, meta: Meta) -> Any:  # pragma: no cover
         raise NotImplementedError
 
     # helpers ---------------------------------------------------------------------------------

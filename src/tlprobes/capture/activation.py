@@ -73,11 +73,11 @@ class Activation(Probe):
         return [("@" + self.site, None)]
 
     def on_activation(
-        self, site: str, layer: int | None, t: Tensor, scratch: dict[str, Any], ctx: BatchContext
+        self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
         scratch[layer if layer is not None else 0] = ctx.store(ctx.select(t, self.positions))
 
-    def end_batch(self, scratch: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
+    def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         pos, valid = ctx.positions(self.positions)
         return {
             "values": self._stack(scratch, list(self._layers), self.name),  # type: ignore[attr-defined]
@@ -85,13 +85,13 @@ class Activation(Probe):
             "mask": valid,
         }
 
-    def merge(self, pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
         return cat_pieces(
             pieces,
             {"values": (1, (2,), 0.0), "positions": (0, (1,), -1), "mask": (0, (1,), False)},
         )
 
-    def finalize(self, piece: dict[str, Any], inputs: Inputs, meta: Meta) -> ActivationCapture:
+    def finalize(self, piece: dict[Any, Any], inputs: Inputs, meta: Meta) -> ActivationCapture:
         return ActivationCapture(
             positions=piece["positions"],
             mask=piece["mask"],

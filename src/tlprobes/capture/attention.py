@@ -93,20 +93,20 @@ class Attention(Probe):
         return [("pattern", l) for l in layers]
 
     def on_activation(
-        self, site: str, layer: int | None, t: Tensor, scratch: dict[str, Any], ctx: BatchContext
+        self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
         heads = self._heads  # type: ignore[attr-defined]
         if len(heads) != t.shape[1]:
             t = t[:, list(heads)]
         scratch[layer] = ctx.store(t)
 
-    def end_batch(self, scratch: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
+    def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         return {"pattern": self._stack(scratch, list(self._layers), self.name)}  # type: ignore[attr-defined]
 
-    def merge(self, pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
         return cat_pieces(pieces, {"pattern": (1, (3, 4), 0.0)})
 
-    def finalize(self, piece: dict[str, Any], inputs: Inputs, meta: Meta) -> AttentionCapture:
+    def finalize(self, piece: dict[Any, Any], inputs: Inputs, meta: Meta) -> AttentionCapture:
         return AttentionCapture(
             pattern=piece["pattern"],
             layers=self._layers,  # type: ignore[attr-defined]

@@ -64,11 +64,11 @@ class Components(Probe):
         return [(p, l) for l in layers for p in self.parts]
 
     def on_activation(
-        self, site: str, layer: int | None, t: Tensor, scratch: dict[str, Any], ctx: BatchContext
+        self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
         scratch[(site, layer)] = ctx.store(ctx.select(t, self.positions))
 
-    def end_batch(self, scratch: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
+    def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         layers = self._layers  # type: ignore[attr-defined]
         pos, valid = ctx.positions(self.positions)
         out: dict[str, Any] = {"positions": pos, "mask": valid}
@@ -78,7 +78,7 @@ class Components(Probe):
             )
         return out
 
-    def merge(self, pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
         return cat_pieces(
             pieces,
             {
@@ -89,7 +89,7 @@ class Components(Probe):
             },
         )
 
-    def finalize(self, piece: dict[str, Any], inputs: Inputs, meta: Meta) -> ComponentsCapture:
+    def finalize(self, piece: dict[Any, Any], inputs: Inputs, meta: Meta) -> ComponentsCapture:
         return ComponentsCapture(
             positions=piece["positions"],
             mask=piece["mask"],

@@ -98,7 +98,7 @@ class LogitLens(Probe):
         return [("resid_pre", l) for l in range(n)] + [("resid_post", n - 1)]
 
     def on_activation(
-        self, site: str, layer: int | None, t: Tensor, scratch: dict[str, Any], ctx: BatchContext
+        self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
         idx = ctx.adapter.n_layers if site == "resid_post" else layer
         scratch[idx] = ctx.select(t, self.positions).detach()
@@ -123,7 +123,7 @@ class LogitLens(Probe):
         has_next = valid & (pos + 1 < seq) & mask.gather(1, nxt)
         return torch.where(has_next, tokens.gather(1, nxt), -1)
 
-    def end_batch(self, scratch: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
+    def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         n = ctx.adapter.n_layers
         states = self._stack(scratch, list(range(n + 1)), self.name)
         pos, valid = ctx.positions(self.positions)
@@ -169,7 +169,7 @@ class LogitLens(Probe):
             "mask": valid,
         }
 
-    def merge(self, pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
         per_state = (1, (2,), 0.0)
         return cat_pieces(
             pieces,
@@ -187,7 +187,7 @@ class LogitLens(Probe):
             },
         )
 
-    def finalize(self, piece: dict[str, Any], inputs: Inputs, meta: Meta) -> LogitLensCapture:
+    def finalize(self, piece: dict[Any, Any], inputs: Inputs, meta: Meta) -> LogitLensCapture:
         return LogitLensCapture(
             positions=piece["positions"],
             mask=piece["mask"],

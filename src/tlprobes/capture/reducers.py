@@ -84,11 +84,11 @@ class Steps(Probe):
         sites.append(("resid_post", n - 1))
         return sites
 
-    def new_batch(self, ctx: BatchContext) -> dict[str, Any]:
+    def new_batch(self, ctx: BatchContext) -> dict[Any, Any]:
         return {"rows": {}}
 
     def on_activation(
-        self, site: str, layer: int | None, t: Tensor, scratch: dict[str, Any], ctx: BatchContext
+        self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
         x = ctx.select(t, self.positions).double()
         if site == "attn_out":
@@ -118,7 +118,7 @@ class Steps(Probe):
                 rows[("attn_mlp_cos", l)] = ctx.store((a * m).sum(-1) / (an * mn))
         scratch["x"] = x
 
-    def end_batch(self, scratch: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
+    def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         n = ctx.adapter.n_layers
         rows = scratch["rows"]
         pos, valid = ctx.positions(self.positions)
@@ -131,7 +131,7 @@ class Steps(Probe):
             out[key] = self._stack(rows, [(key, l) for l in range(n)], self.name) if key in names else None
         return out
 
-    def merge(self, pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
         nan = float("nan")
         layout: dict[str, tuple[int, tuple[int, ...], Any]] = {
             k: (1, (2,), nan)
@@ -141,7 +141,7 @@ class Steps(Probe):
         layout["mask"] = (0, (1,), False)
         return cat_pieces(pieces, layout)
 
-    def finalize(self, piece: dict[str, Any], inputs: Inputs, meta: Meta) -> StepsCapture:
+    def finalize(self, piece: dict[Any, Any], inputs: Inputs, meta: Meta) -> StepsCapture:
         return StepsCapture(inputs=inputs, meta=meta, **piece)
 
 
@@ -181,7 +181,7 @@ class ResidualMean(Probe):
         return [("resid_pre", l) for l in range(n)] + [("resid_post", n - 1)]
 
     def on_activation(
-        self, site: str, layer: int | None, t: Tensor, scratch: dict[str, Any], ctx: BatchContext
+        self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
         idx = ctx.adapter.n_layers if site == "resid_post" else layer
         _, valid = ctx.positions(self.positions)
@@ -190,7 +190,7 @@ class ResidualMean(Probe):
         scratch[("sum", idx)] = ctx.store((x * w).sum((0, 1)))
         scratch[("sq", idx)] = ctx.store((x.pow(2) * w).sum((0, 1, 2)))
 
-    def end_batch(self, scratch: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
+    def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         n = ctx.adapter.n_layers
         _, valid = ctx.positions(self.positions)
         return {
@@ -199,8 +199,8 @@ class ResidualMean(Probe):
             "count": torch.tensor(int(valid.sum())),
         }
 
-    def merge(self, pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
         return {k: sum(p[k] for p in pieces[1:]) + pieces[0][k] for k in pieces[0]}
 
-    def finalize(self, piece: dict[str, Any], inputs: Inputs, meta: Meta) -> ResidualMeanCapture:
+    def finalize(self, piece: dict[Any, Any], inputs: Inputs, meta: Meta) -> ResidualMeanCapture:
         return ResidualMeanCapture(meta=meta, **piece)

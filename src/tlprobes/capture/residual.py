@@ -76,7 +76,7 @@ class Residual(Probe):
         return sites
 
     def on_activation(
-        self, site: str, layer: int | None, t: Tensor, scratch: dict[str, Any], ctx: BatchContext
+        self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
         x = ctx.select(t, self.positions)
         if site == "resid_post":
@@ -88,7 +88,7 @@ class Residual(Probe):
         else:
             scratch[("mid", layer)] = ctx.store(x)
 
-    def end_batch(self, scratch: dict[str, Any], ctx: BatchContext) -> dict[str, Any]:
+    def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         n = ctx.adapter.n_layers
         pos, valid = ctx.positions(self.positions)
         return {
@@ -100,7 +100,7 @@ class Residual(Probe):
             "mask": valid,
         }
 
-    def merge(self, pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
         return cat_pieces(
             pieces,
             {
@@ -111,7 +111,7 @@ class Residual(Probe):
             },
         )
 
-    def finalize(self, piece: dict[str, Any], inputs: Inputs, meta: Meta) -> ResidualCapture:
+    def finalize(self, piece: dict[Any, Any], inputs: Inputs, meta: Meta) -> ResidualCapture:
         return ResidualCapture(
             positions=piece["positions"],
             mask=piece["mask"],

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venvs/<line> with one TransformerLens line and tlprobes installed editable.
+#   bash scripts/setup_venv.sh tl4    # TL 4.3 (TransformerBridge; primary)
+#   bash scripts/setup_venv.sh tl3    # TL 3.9 (HookedTransformer and TransformerBridge)
+#   bash scripts/setup_venv.sh tl2    # TL 2.18 (HookedTransformer; numpy<2, transformers 4.x)
+set -euo pipefail
+line=${1:-tl4}
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv="$root/.venvs/$line"
+case $line in
+  tl4) tl='transformer-lens==4.3.0'; extra=(playwright) ;;
+  tl3) tl='transformer-lens==3.9.0'; extra=() ;;
+  tl2) tl='transformer-lens==2.18.0'; extra=('pyarrow<26') ;;
+  *) echo "unknown line '$line'; valid: tl4, tl3, tl2" >&2; exit 2 ;;
+esac
+py=${PYTHON:-python3}
+if [ ! -x "$venv/bin/python" ]; then
+  "$py" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+# torch first, pinned: a looser spec pulls a multi-GB CUDA build
+"${pip[@]}" "torch==2.13.0"
+"${pip[@]}" "$tl" "${extra[@]}" pytest beartype "torch==2.13.0"
+"${pip[@]}" -e "$root" "torch==2.13.0"
+"$venv/bin/python" -c "import tlprobes, transformer_lens, importlib.metadata as m; print('$line ready: TL', m.version('transformer-lens'))"

@@ -1,0 +1,149 @@
+"""Bad input gets a precise error, and no failure ever leaves a hook behind or touches the user's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from conftest import PROMPTS, hook_snapshot
+
+import tlprobes as tp
+from tlprobes.capture import Residual
+
+
+@dataclass(frozen=True)
+class Exploding(Residual):
+    """A probe that raises in the middle of the forward pass (at block 1)."""
+
+    name: str = "exploding"
+
+    def on_activation(self, site, layer, t, scratch, ctx):
+        if layer == 1:
+            raise RuntimeError("probe exploded")
+        super().on_activation(site, layer, t, scratch, ctx)
+
+
+def _user_hooks(model):
+    """A temporary and a permanent user hook that count their calls."""
+    calls = {"temp": 0, "perm": 0}
+
+    def temp(t, hook):
+        calls["temp"] += 1
+
+    def perm(t, hook):
+        calls["perm"] += 1
+
+    model.add_hook("blocks.0.hook_resid_pre", temp)
+    model.add_hook("blocks.1.hook_resid_post", perm, is_permanent=True)
+    return calls
+
+
+def _tokens(model):
+    return torch.tensor([model.tokenizer(PROMPTS[0])["input_ids"]])
+
+
+def test_probe_raising_mid_forward_leaves_no_hook(fresh_model):
+    model = fresh_model
+    calls = _user_hooks(model)
+    before = hook_snapshot(model)
+    with pytest.raises(RuntimeError, match="probe exploded"):
+        with tp.attach(model, tp.Attention(), Exploding()):
+            model(_tokens(model))
+    assert hook_snapshot(model) == before
+    with pytest.raises(RuntimeError, match="probe exploded"):
+        tp.run(model, PROMPTS, Exploding(), tp.Steps())
+    assert hook_snapshot(model) == before
+    n = dict(calls)
+    model(_tokens(model))  # the user's hooks still fire, once each
+    assert calls["temp"] == n["temp"] + 1 and calls["perm"] == n["perm"] + 1
+
+
+def test_user_hook_raising_mid_forward_leaves_no_hook(fresh_model):
+    model = fresh_model
+    calls = _user_hooks(model)
+
+    def boom(t, hook):
+        raise ValueError("user hook failed")
+
+    model.add_hook("blocks.2.hook_mlp_out", boom, is_permanent=True)
+    before = hook_snapshot(model)
+    with pytest.raises(ValueError, match="user hook failed"):
+        tp.run(model, PROMPTS, tp.Residual(), tp.LogitLens(), tp.Components())
+    assert hook_snapshot(model) == before
+    assert calls["temp"] >= 1
+    # remove the failing hook the user's way: ours never interfere with reset_hooks
+    model.reset_hooks(including_permanent=True)
+    res = tp.run(model, PROMPTS[:1], tp.Residual())
+    assert res.residual.resid.shape[1] == 1
+
+
+def test_user_hooks_keep_their_order(fresh_model):
+    model = fresh_model
+    seen = []
+    model.add_hook("blocks.0.hook_resid_pre", lambda t, hook: seen.append("a"))
+    model.add_hook("blocks.0.hook_resid_pre", lambda t, hook: seen.append("b"))
+    tp.run(model, PROMPTS[:1], tp.Residual())
+    assert seen == ["a", "b"]
+    model.reset_hooks()
+
+
+def _assert_clean_error(model, exc, match, fn):
+    before = hook_snapshot(model)
+    with pytest.raises(exc, match=match) as info:
+        fn()
+    assert isinstance(info.value, tp.TLProbesError)
+    assert hook_snapshot(model) == before
+    return info.value
+
+
+def test_bad_input_errors(model):
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    err = _assert_clean_error(model, tp.SiteError, "resid_middle", lambda: tp.Activation("resid_middle"))
+    assert "resid_mid" in str(err) and isinstance(err, KeyError)
+    _assert_clean_error(model, tp.SiteError, "hook_resid_pree",
+                        lambda: tp.run(model, PROMPTS, tp.Activation("blocks.0.hook_resid_pree")))
+    err = _assert_clean_error(model, tp.LayerError, "out of range",
+                              lambda: tp.run(model, PROMPTS, tp.Attention(layers=[0, 99])))
+    assert "99" in str(err) and f"0..{n_layers - 1}" in str(err) and isinstance(err, IndexError)
+    err = _assert_clean_error(model, tp.HeadError, "head 7",
+                              lambda: tp.run(model, PROMPTS, tp.Attention(heads=[7])))
+    assert f"0..{n_heads - 1}" in str(err)
+    err = _assert_clean_error(model, tp.PositionError, "absent",
+                              lambda: tp.run(model, PROMPTS, tp.Residual(positions=tp.Target(" zebra"))))
+    assert "prompt 0" in str(err) and isinstance(err, ValueError)
+    err = _assert_clean_error(model, tp.PositionError, "absent", lambda: _attach_absent(model))
+    err = _assert_clean_error(model, tp.InputError, "longer than",
+                              lambda: tp.run(model, ["word " * 200], tp.Residual()))
+    assert str(model.cfg.n_ctx) in str(err)
+    err = _assert_clean_error(model, tp.InputError, "mix strings and token ids",
+                              lambda: tp.run(model, ["a b", [1, 2, 3]], tp.Residual()))
+    _assert_clean_error(model, tp.PositionError, "unknown position selector",
+                        lambda: tp.Residual(positions="middle"))
+    _assert_clean_error(model, tp.InputError, "padding_side",
+                        lambda: tp.run(model, PROMPTS, tp.Residual(), padding_side="center"))
+    _assert_clean_error(model, tp.TLProbesError, "two probes are named",
+                        lambda: tp.run(model, PROMPTS, tp.Residual(), tp.Residual()))
+    _assert_clean_error(model, tp.PositionError, "out of range",
+                        lambda: tp.run(model, PROMPTS, tp.Residual(positions=[40])))
+
+
+def _attach_absent(model):
+    with tp.attach(model, tp.Attention(), tp.Residual(positions=tp.Target(" zebra"))):
+        model(PROMPTS)
+
+
+def test_not_a_tl_model():
+    with pytest.raises(tp.ModelError, match="HookedTransformer") as info:
+        tp.attach(torch.nn.Linear(2, 2), tp.Residual())
+    assert "Linear" in str(info.value) and isinstance(info.value, TypeError)
+    with pytest.raises(tp.ModelError):
+        tp.run("gpt2", ["hi"], tp.Residual())
+
+
+def test_partial_forward_is_refused(model):
+    before = hook_snapshot(model)
+    with pytest.raises(tp.InputError, match="stop_at_layer"):
+        with tp.attach(model, tp.Residual()):
+            model(_tokens(model), stop_at_layer=1)
+    assert hook_snapshot(model) == before
