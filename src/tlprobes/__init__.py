@@ -41,9 +41,39 @@ from .capture import Target as Target
 
 __version__ = "0.1.0"
 
+# Heavy parts (matplotlib, sklearn, circuitsvis) load on first use: `tp.Report` imports the renderers.
+_LAZY = {
+    "render": ("tlprobes.render", None),
+    "Report": ("tlprobes.render", "Report"),
+    "Page": ("tlprobes.render", "Page"),
+    "attention_view": ("tlprobes.render", "attention_view"),
+    "attention_layers_view": ("tlprobes.render", "attention_layers_view"),
+    "attention_overview": ("tlprobes.render", "attention_overview"),
+    "head_summaries": ("tlprobes.render", "head_summaries"),
+    "token_view": ("tlprobes.render", "token_view"),
+    "logit_lens_table": ("tlprobes.render", "logit_lens_table"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(module)
+        value = mod if attr is None else getattr(mod, attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tlprobes' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = [
     "Activation", "Attention", "Components", "HeadError", "InputError", "Inputs", "LayerError",
     "LogitLens", "Meta", "ModelError", "PositionError", "Probe", "Residual", "ResidualMean",
     "Result", "ResultsError", "SITES", "Session", "SiteError", "Steps", "TLProbesError", "Target",
     "adapter_for", "attach", "run",
+    *_LAZY,
 ]

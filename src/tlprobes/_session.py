@@ -219,8 +219,11 @@ class Session:
         for probe in self.probes:
             piece = probe.merge(self._pieces[probe.name])
             captures[probe.name] = probe.finalize(piece, inputs, self.adapter.meta)
-        settings = {"probes": [repr(p) for p in self.probes], "device": str(self.device),
-                    "dtype": str(self.dtype)}
+        settings = {
+            "probes": [repr(p) for p in self.probes],
+            "capture_device": str(self.device),
+            "capture_dtype": str(self.dtype or self.adapter.meta.dtype),
+        }
         return Result(captures, inputs, self.adapter.meta, settings)
 
 

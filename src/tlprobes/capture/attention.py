@@ -19,14 +19,14 @@ from torch import Tensor
 
 from .._adapter import Adapter, Meta
 from .._errors import HeadError, LayerError, choices
-from .._result import Inputs
+from .._result import Displayable, Inputs
 from ._base import BatchContext, Probe, cat_pieces
 
 __all__ = ["Attention", "AttentionCapture"]
 
 
 @dataclass(frozen=True)
-class AttentionCapture:
+class AttentionCapture(Displayable):
     """``pattern[i]`` is layer ``layers[i]``; its head axis holds ``heads``."""
 
     pattern: Float[Tensor, "layer batch head dest src"]
@@ -55,6 +55,20 @@ class AttentionCapture:
 
     def tensors(self) -> dict[str, Tensor]:
         return {"pattern": self.pattern}
+
+    def _build_page(self, prompt: int = 0) -> Any:
+        """Head summaries of every captured layer, then a layer selector for one prompt."""
+        from ..render import Page, attention_layers_view, attention_overview, head_summaries
+
+        mask = self.mask[prompt].numpy()
+        pat = self.pattern[:, prompt].double().numpy()
+        page = Page("Attention")
+        page.add_heading(f"Attention ({self.meta.model_name}, {self.meta.mode})")
+        page.add_page(attention_overview(head_summaries(pat, mask), layer_labels=list(self.layers),
+                                         head_labels=list(self.heads)))
+        page.add_page(attention_layers_view(pat, self.str_tokens[prompt], mask=mask,
+                                            layer_labels=list(self.layers)))
+        return page
 
     def __repr__(self) -> str:
         return f"AttentionCapture(pattern={tuple(self.pattern.shape)}, layers={self.layers}, heads={self.heads})"

@@ -57,6 +57,11 @@ class StepsCapture(Captured):
     mlp_norm: Float[Tensor, "layer batch k"] | None
     attn_mlp_cos: Float[Tensor, "layer batch k"] | None
 
+    def _token_metrics(self) -> dict[str, Tensor]:
+        out = {"path length": self.step.nansum(0), "mean angle (deg)": self.angle.nanmean(0)}
+        out.update({f"angle block {l}": self.angle[l] for l in range(self.angle.shape[0])})
+        return out
+
 
 @dataclass(frozen=True)
 class Steps(Probe):

@@ -42,6 +42,13 @@ class ResidualCapture(Captured):
     def n_layers(self) -> int:
         return self.resid.shape[0] - 1
 
+    def _token_metrics(self) -> dict[str, Tensor]:
+        x = self.resid.double()
+        return {
+            "path length": (x[1:] - x[:-1]).norm(dim=-1).sum(0),
+            "final norm": x[-1].norm(dim=-1),
+        }
+
 
 @dataclass(frozen=True)
 class Residual(Probe):

@@ -1,0 +1,233 @@
+"""``Page``: one self-contained, offline HTML page of circuitsvis views, text, figures and tables.
+
+The circuitsvis bundle (``dist/cdn/iife.js``, 1.3 MB) is inlined once, as a classic script, however
+many views the page holds; every view is a ``CircuitsVis.render`` call with escaped, rounded JSON
+props. There is no CDN link and no network request, ever::
+
+    >>> import numpy as np
+    >>> page = Page("demo").add_heading("Layer 0")
+    >>> page = page.add_view("ColoredTokens", tokens=["a", "</script>"], values=np.array([0.1, 0.9]))
+    >>> page.n_views, page.to_html().count("var CircuitsVis=")
+    (1, 1)
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._errors import InputError, choices
+from ._escape import escape_html, escape_script, script_json
+from ._repr import HTMLDisplayMixin
+from ._runtime import RUNTIME_JS
+
+__all__ = ["Page", "COMPONENTS", "circuitsvis_bundle"]
+
+#: circuitsvis React components exported by the bundle (circuitsvis 1.43).
+COMPONENTS = (
+    "AttentionHeads",
+    "AttentionPattern",
+    "AttentionPatterns",
+    "ColoredTokens",
+    "ColoredTokensMulti",
+    "TextNeuronActivations",
+    "TokenLogProbs",
+    "TopkSamples",
+    "TopkTokens",
+)
+
+# circuitsvis draws tokens with React's dangerouslySetInnerHTML in these components (ColoredTokens
+# does `token.replace(/\s/g, "&nbsp;")` then innerHTML), so a token "<b>" would become markup. Their
+# ``tokens`` are HTML-escaped first; AttentionHeads / AttentionPattern draw tokens on a canvas.
+_CANVAS_TOKEN_COMPONENTS = frozenset({"AttentionHeads", "AttentionPattern"})
+
+
+def _escape_tokens(tokens: Any) -> Any:
+    if isinstance(tokens, str):
+        return escape_html(tokens)
+    if isinstance(tokens, (list, tuple)):
+        return [_escape_tokens(t) for t in tokens]
+    return tokens
+
+
+CSS = """
+.tlp-page{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d1d1f;
+ line-height:1.45;max-width:1200px}
+.tlp-page h1{font-size:1.6em;margin:.4em 0}.tlp-page h2{font-size:1.3em;margin:1.2em 0 .4em;
+ border-bottom:1px solid #ddd}.tlp-page h3{font-size:1.1em;margin:1em 0 .3em}
+.tlp-page p.tlp-text{white-space:pre-wrap;margin:.4em 0}
+.tlp-page .tlp-caption{color:#555;font-size:.9em;margin:.2em 0 .8em}
+.tlp-page .tlp-view{margin:10px 0}
+.tlp-page table.tlp-table{border-collapse:collapse;font-size:.85em;margin:.4em 0}
+.tlp-page table.tlp-table th,.tlp-page table.tlp-table td{border:1px solid #ddd;padding:2px 6px;
+ text-align:right}
+.tlp-page table.tlp-table th{background:#f4f4f4}
+.tlp-page table.tlp-manifest td,.tlp-page table.tlp-manifest th{text-align:left;vertical-align:top}
+.tlp-page table.tlp-lens td{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre;
+ text-align:center}
+.tlp-page .tlp-scroll{overflow-x:auto}
+.tlp-page .tlp-controls{display:flex;gap:8px;align-items:center;margin:6px 0;flex-wrap:wrap}
+.tlp-page .tlp-tip{font-size:.85em;color:#333;min-height:1.3em}
+.tlp-page .tlp-cbar-row{display:flex;gap:6px;align-items:center;font-size:.8em}
+.tlp-page figure{margin:.6em 0}.tlp-page figure img,.tlp-page figure svg{max-width:100%;height:auto}
+.tlp-page pre.tlp-error{color:#b00020;white-space:pre-wrap}
+.tlp-page nav.tlp-toc{font-size:.9em}
+"""
+
+# Browsers enforce this even if a bundle tried: nothing may be fetched, only inline code and data:.
+CSP = (
+    "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
+    "img-src data: blob:; font-src data:; worker-src blob:; connect-src 'none'; "
+    "form-action 'none'; base-uri 'none'"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def circuitsvis_bundle() -> str:
+    """The circuitsvis IIFE bundle from the installed wheel, escaped for an inline classic script."""
+    try:
+        import circuitsvis
+    except ImportError as err:  # pragma: no cover - circuitsvis is a dependency
+        raise InputError(
+            "circuitsvis is not installed; interactive views need it (pip install circuitsvis)"
+        ) from err
+    path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+    return escape_script(path.read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class _Block:
+    html: str
+    bundle: bool = False
+
+
+class Page(HTMLDisplayMixin):
+    """A page builder. ``add_*`` methods append blocks and return the page, so calls chain.
+
+    Args:
+        title: the document title (escaped).
+        decimals: floats in view props are rounded to this many decimals (file size is ~2x
+            smaller than circuitsvis's 17-digit output; rendering is unchanged).
+    """
+
+    def __init__(self, title: str = "tlprobes", *, decimals: int = 4) -> None:
+        self.title = str(title)
+        self.decimals = int(decimals)
+        self._blocks: list[_Block] = []
+        self._token = secrets.token_hex(4)
+        self._count = 0
+
+    # -- building -------------------------------------------------------------------------------
+    def _new_id(self) -> str:
+        self._count += 1
+        return f"tlp-{self._token}-{self._count}"
+
+    def add_html(self, html: str, *, bundle: bool = False) -> Page:
+        """Append trusted HTML (already escaped by the caller). ``bundle``: it calls CircuitsVis."""
+        self._blocks.append(_Block(str(html), bool(bundle)))
+        return self
+
+    def add_heading(self, text: str, level: int = 2) -> Page:
+        """Append an escaped heading ``<h{level}>`` (level 1-4)."""
+        if level not in (1, 2, 3, 4):
+            raise InputError(
+                f"heading level {level!r} is not valid; choose one of {choices([1, 2, 3, 4])}"
+            )
+        anchor = self._new_id()
+        return self.add_html(f'<h{level} id="{anchor}">{escape_html(text)}</h{level}>')
+
+    def add_text(self, text: str, *, css_class: str = "tlp-text") -> Page:
+        """Append a paragraph of escaped text; newlines are kept."""
+        return self.add_html(f'<p class="{escape_html(css_class)}">{escape_html(text)}</p>')
+
+    def add_view(self, component: str, *, caption: str | None = None, **props: Any) -> Page:
+        """Append a circuitsvis view: ``CircuitsVis.render(el, CircuitsVis.<component>, props)``.
+
+        ``props`` use circuitsvis's JavaScript names (``attention``, ``tokens``,
+        ``attentionHeadNames``, ``maxValue`` ...); arrays and tensors are converted, floats rounded,
+        NaN becomes ``null`` and ``None`` values are dropped. Components that circuitsvis draws
+        with ``innerHTML`` (all but ``AttentionHeads`` / ``AttentionPattern``) get their ``tokens``
+        HTML-escaped first, so ``"<b>"`` shows as text instead of becoming markup.
+        """
+        if component not in COMPONENTS:
+            raise InputError(
+                f"unknown circuitsvis component {component!r}; choose one of {choices(COMPONENTS)}"
+            )
+        data = {k: v for k, v in props.items() if v is not None}
+        if component not in _CANVAS_TOKEN_COMPONENTS and "tokens" in data:
+            data["tokens"] = _escape_tokens(data["tokens"])
+        view_id = self._new_id()
+        html = (
+            f'<div class="tlp-view tlp-cv" id="{view_id}" data-component="{component}"></div>'
+            f'<script>tlp.mount(document.currentScript,"{view_id}","{component}",'
+            f"{script_json(data, self.decimals)});</script>"
+        )
+        if caption:
+            html += f'<p class="tlp-caption">{escape_html(caption)}</p>'
+        return self.add_html(html, bundle=True)
+
+    def add_widget(self, kind: str, body_html: str, data: Any, *, bundle: bool = False) -> Page:
+        """Append a ``tlp`` runtime widget: ``body_html`` (trusted) then ``tlp.<kind>(el, data)``."""
+        if kind not in ("layers", "overview"):
+            raise InputError(
+                f"unknown widget {kind!r}; choose one of {choices(['layers', 'overview'])}"
+            )
+        wid = self._new_id()
+        html = (
+            f'<div class="tlp-widget tlp-{kind}" id="{wid}">{body_html}</div>'
+            f'<script>tlp.{kind}(document.currentScript,"{wid}",'
+            f"{script_json(data, self.decimals)});</script>"
+        )
+        return self.add_html(html, bundle=bundle)
+
+    def add_page(self, other: Page | HTMLDisplayMixin) -> Page:
+        """Append every block of another page (or of any object with ``_build_page``)."""
+        page = other if isinstance(other, Page) else other._build_page()
+        if isinstance(page, str):
+            return self.add_html(page)
+        if not isinstance(page, Page):
+            raise InputError(f"cannot add {type(other).__name__!r}; expected a Page or a result")
+        self._blocks.extend(page._blocks)
+        return self
+
+    # -- output ---------------------------------------------------------------------------------
+    @property
+    def n_views(self) -> int:
+        """How many blocks call circuitsvis."""
+        return sum(b.bundle for b in self._blocks)
+
+    def _build_page(self) -> Page:
+        return self
+
+    def body_html(self) -> str:
+        """The blocks alone, without style or scripts (for embedding in a page that has them)."""
+        return "\n".join(b.html for b in self._blocks)
+
+    def to_html(self, *, full: bool = True) -> str:
+        """The page as a whole HTML document (``full``) or as a self-contained fragment.
+
+        Both hold the style, the circuitsvis bundle (once, only if a view needs it), the ``tlp``
+        runtime and the blocks; the document adds ``<head>`` with charset, title and a
+        Content-Security-Policy that forbids every network fetch.
+        """
+        parts = [f"<style>{CSS}</style>"]
+        if any(b.bundle for b in self._blocks):
+            parts.append(f"<script>{circuitsvis_bundle()}</script>")
+        parts.append(f"<script>{escape_script(RUNTIME_JS)}</script>")
+        parts.append(self.body_html())
+        fragment = '<div class="tlp-page">\n' + "\n".join(parts) + "\n</div>"
+        if not full:
+            return fragment
+        return (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            '<link rel="icon" href="data:,">'
+            f"<title>{escape_html(self.title)}</title></head>\n<body>\n{fragment}\n</body></html>\n"
+        )
+
+    def __repr__(self) -> str:
+        return f"Page({self.title!r}, blocks={len(self._blocks)}, views={self.n_views})"

@@ -1,0 +1,160 @@
+"""The small JavaScript runtime every tlprobes page inlines (once) next to the circuitsvis bundle.
+
+``window.tlp`` mounts circuitsvis views, drives the layer selector and draws the head-summary grid.
+Each view's ``<script>`` finds its own element as ``document.currentScript.previousElementSibling``
+and gives it a fresh random id at run time, so the same output shown twice in a notebook, or two
+pages merged into one report, never render into each other's divs. Text from Python only ever
+reaches the DOM through ``textContent`` or circuitsvis (React), never ``innerHTML``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["RUNTIME_JS"]
+
+RUNTIME_JS = r"""
+(function () {
+  var tlp = {};
+  tlp.uid = function () {
+    return "tlp-" + Math.random().toString(36).slice(2, 10) + Date.now().toString(36);
+  };
+  tlp.el = function (script, id) {
+    var el = (script && script.previousElementSibling) || document.getElementById(id);
+    el.id = tlp.uid();
+    return el;
+  };
+  tlp.fail = function (el, err) {
+    var msg = document.createElement("pre");
+    msg.className = "tlp-error";
+    msg.textContent = "tlprobes: could not draw this view: " + err;
+    el.appendChild(msg);
+    setTimeout(function () { throw err; });
+  };
+  tlp.mount = function (script, id, component, props) {
+    var el = tlp.el(script, id);
+    try {
+      CircuitsVis.render(el.id, CircuitsVis[component], props);
+    } catch (err) { tlp.fail(el, err); }
+  };
+  tlp.decode = function (b64, nHead, nPos, lo, hi) {
+    var bin = atob(b64), scale = (hi - lo) / 255, p = 0, out = new Array(nHead);
+    for (var h = 0; h < nHead; h++) {
+      var rows = new Array(nPos);
+      for (var q = 0; q < nPos; q++) {
+        var row = new Array(nPos);
+        for (var k = 0; k < nPos; k++) {
+          row[k] = Math.round((lo + bin.charCodeAt(p++) * scale) * 1000) / 1000;
+        }
+        rows[q] = row;
+      }
+      out[h] = rows;
+    }
+    return out;
+  };
+  tlp.layers = function (script, id, d) {
+    var root = tlp.el(script, id);
+    var sel = root.querySelector("select.tlp-layer-select");
+    var host = root.querySelector(".tlp-layer-host");
+    var buttons = root.querySelectorAll("button[data-step]");
+    function show(i) {
+      i = Math.max(0, Math.min(d.data.length - 1, i));
+      var fresh = document.createElement("div");
+      fresh.id = tlp.uid();
+      fresh.className = "tlp-view";
+      while (host.firstChild) host.removeChild(host.firstChild);
+      host.appendChild(fresh);
+      sel.value = String(i);
+      root.setAttribute("data-layer", String(i));
+      try {
+        var props = Object.assign({}, d.props, {
+          attention: tlp.decode(d.data[i], d.headNames[i].length, d.tokens.length, d.lo, d.hi),
+          tokens: d.tokens,
+          attentionHeadNames: d.headNames[i]
+        });
+        CircuitsVis.render(fresh.id, CircuitsVis.AttentionHeads, props);
+      } catch (err) { tlp.fail(fresh, err); }
+    }
+    sel.addEventListener("change", function () { show(parseInt(sel.value, 10)); });
+    buttons.forEach(function (b) {
+      b.addEventListener("click", function () {
+        show(parseInt(sel.value, 10) + parseInt(b.getAttribute("data-step"), 10));
+      });
+    });
+    show(d.initial);
+  };
+  tlp.fmt = function (v) {
+    if (v === null || v === undefined) return "n/a";
+    var a = Math.abs(v);
+    return (a !== 0 && (a < 1e-3 || a >= 1e4)) ? v.toExponential(2) : v.toFixed(3);
+  };
+  tlp.overview = function (script, id, d) {
+    var root = tlp.el(script, id);
+    var canvas = root.querySelector("canvas.tlp-grid");
+    var bar = root.querySelector("canvas.tlp-cbar");
+    var sel = root.querySelector("select.tlp-metric");
+    var tip = root.querySelector(".tlp-tip");
+    var loEl = root.querySelector(".tlp-lo"), hiEl = root.querySelector(".tlp-hi");
+    var L = d.layers.length, H = d.heads.length, c = d.cell, left = d.left, top = d.top;
+    canvas.width = left + H * c + 2;
+    canvas.height = top + L * c + 2;
+    var ctx = canvas.getContext("2d");
+    function range(vals) {
+      var lo = Infinity, hi = -Infinity;
+      vals.forEach(function (row) { row.forEach(function (v) {
+        if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+      }); });
+      if (!isFinite(lo)) { lo = 0; hi = 1; }
+      if (hi <= lo) hi = lo + 1e-9;
+      return [lo, hi];
+    }
+    function draw(name) {
+      var m = d.metrics[name], r = range(m.values);
+      ctx.fillStyle = "#ffffff";
+      ctx.fillRect(0, 0, canvas.width, canvas.height);
+      ctx.fillStyle = "#333333";
+      ctx.font = "10px sans-serif";
+      ctx.textBaseline = "middle";
+      ctx.textAlign = "center";
+      var hStep = Math.max(1, Math.ceil(14 / c));
+      for (var h = 0; h < H; h += hStep) ctx.fillText(d.heads[h], left + h * c + c / 2, top - 8);
+      ctx.textAlign = "right";
+      var lStep = Math.max(1, Math.ceil(12 / c));
+      for (var l = 0; l < L; l += lStep) ctx.fillText(d.layers[l], left - 4, top + l * c + c / 2);
+      for (l = 0; l < L; l++) {
+        for (h = 0; h < H; h++) {
+          var v = m.values[l][h];
+          if (v === null) { ctx.fillStyle = "#d0d0d0"; }
+          else {
+            var t = Math.round((v - r[0]) / (r[1] - r[0]) * 255);
+            ctx.fillStyle = d.cmap[Math.max(0, Math.min(255, t))];
+          }
+          ctx.fillRect(left + h * c, top + l * c, c - 1, c - 1);
+        }
+      }
+      var bctx = bar.getContext("2d");
+      for (var i = 0; i < bar.width; i++) {
+        bctx.fillStyle = d.cmap[Math.round(i / (bar.width - 1) * 255)];
+        bctx.fillRect(i, 0, 1, bar.height);
+      }
+      loEl.textContent = tlp.fmt(r[0]);
+      hiEl.textContent = tlp.fmt(r[1]);
+      root.setAttribute("data-metric", name);
+    }
+    canvas.addEventListener("mousemove", function (ev) {
+      var box = canvas.getBoundingClientRect();
+      var x = (ev.clientX - box.left) * canvas.width / box.width - left;
+      var y = (ev.clientY - box.top) * canvas.height / box.height - top;
+      var h = Math.floor(x / c), l = Math.floor(y / c);
+      if (h < 0 || l < 0 || h >= H || l >= L) { tip.textContent = d.hint; return; }
+      var parts = d.names.map(function (n) {
+        return d.metrics[n].label + " " + tlp.fmt(d.metrics[n].values[l][h]);
+      });
+      tip.textContent = "layer " + d.layers[l] + ", head " + d.heads[h] + ": " + parts.join(" \u00b7 ");
+      root.setAttribute("data-hover", l + "," + h);
+    });
+    sel.addEventListener("change", function () { draw(sel.value); });
+    tip.textContent = d.hint;
+    draw(d.initial);
+  };
+  window.tlp = tlp;
+})();
+"""
