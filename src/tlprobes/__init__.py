@@ -41,8 +41,39 @@ from .capture import Target as Target
 
 __version__ = "0.1.0"
 
-# Heavy parts (matplotlib, sklearn, circuitsvis) load on first use: `tp.Report` imports the renderers.
+# Heavy parts (scipy, pandas, sklearn, matplotlib, circuitsvis) load on first use: `tp.angle` imports
+# the analyzers, `tp.Report` the renderers.
 _LAZY = {
+    "analysis": ("tlprobes.analysis", None),
+    "angle": ("tlprobes.analysis", "angle"),
+    "angle_trajectory": ("tlprobes.analysis", "angle_trajectory"),
+    "within_layer_angles": ("tlprobes.analysis", "within_layer_angles"),
+    "layer_angles": ("tlprobes.analysis", "layer_angles"),
+    "path_length": ("tlprobes.analysis", "path_length"),
+    "decompose_steps": ("tlprobes.analysis", "decompose_steps"),
+    "next_token_values": ("tlprobes.analysis", "next_token_values"),
+    "path_logit_correlation": ("tlprobes.analysis", "path_logit_correlation"),
+    "logit_lens": ("tlprobes.analysis", "logit_lens"),
+    "weight_tying": ("tlprobes.analysis", "weight_tying"),
+    "unembedding_spectrum": ("tlprobes.analysis", "unembedding_spectrum"),
+    "effective_rank": ("tlprobes.analysis", "effective_rank"),
+    "cosine_matrix": ("tlprobes.analysis", "cosine_matrix"),
+    "pca": ("tlprobes.analysis", "pca"),
+    "tsne": ("tlprobes.analysis", "tsne"),
+    "drift": ("tlprobes.analysis", "drift"),
+    "anisotropy": ("tlprobes.analysis", "anisotropy"),
+    "state_space_trajectories": ("tlprobes.analysis", "state_space_trajectories"),
+    "Procrustes": ("tlprobes.analysis", "Procrustes"),
+    "precision_at_k": ("tlprobes.analysis", "precision_at_k"),
+    "map_embeddings": ("tlprobes.analysis", "map_embeddings"),
+    "shared_vocabulary": ("tlprobes.analysis", "shared_vocabulary"),
+    "rsa": ("tlprobes.analysis", "rsa"),
+    "rdm": ("tlprobes.analysis", "rdm"),
+    "cka": ("tlprobes.analysis", "cka"),
+    "AngleAccumulator": ("tlprobes.analysis", "AngleAccumulator"),
+    "PathAccumulator": ("tlprobes.analysis", "PathAccumulator"),
+    "DriftAccumulator": ("tlprobes.analysis", "DriftAccumulator"),
+    "AnisotropyAccumulator": ("tlprobes.analysis", "AnisotropyAccumulator"),
     "render": ("tlprobes.render", None),
     "Report": ("tlprobes.render", "Report"),
     "Page": ("tlprobes.render", "Page"),

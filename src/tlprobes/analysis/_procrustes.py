@@ -1,0 +1,287 @@
+"""Orthogonal Procrustes maps between embedding spaces (seed 002; Smith et al. 2017; Conneau
+et al. 2018): fit/transform/score in sklearn style, retrieval by precision@k with NN or CSLS,
+and the shared vocabulary of two tokenizers.
+
+    >>> import numpy as np
+    >>> from scipy.stats import ortho_group
+    >>> X = np.random.default_rng(0).normal(size=(100, 5)); R = ortho_group.rvs(5, random_state=1)
+    >>> bool(np.allclose(Procrustes().fit(X, X @ R).rotation_, R))
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int, Real
+
+from .._errors import InputError, choices
+from ._inputs import as_array, warn_nan
+from ._tables import FrameMixin, long_frame
+
+__all__ = [
+    "Procrustes",
+    "precision_at_k",
+    "shared_vocabulary",
+    "map_embeddings",
+    "EmbeddingMap",
+    "KINDS",
+]
+
+Array = np.ndarray | torch.Tensor
+KINDS = ("orthogonal", "rotation", "similarity")
+
+
+def _normalize_rows(X: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(n > 0, n, 1.0)
+
+
+class Procrustes:
+    """Learn ``rotation_`` (and ``scale_``) so that ``transform(X) = s * (X - mean_x) @ R + mean_y``
+    approximates ``Y`` (row convention; MUSE's column map is ``W = R.T``).
+
+    ``kind``: ``"orthogonal"`` (R^T R = I, reflections allowed), ``"rotation"`` (det R = +1,
+    Kabsch), ``"similarity"`` (orthogonal plus one isotropic scale). ``center`` removes each
+    side's mean (added back for Y), ``normalize`` scales rows to unit length before fitting
+    (and before transforming / scoring). Unequal dims d_x != d_y use the thin SVD: R is
+    ``[d_x, d_y]`` with R R^T = I (d_x <= d_y) or R^T R = I.
+
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(size=(20, 3))
+    >>> round(Procrustes(kind="similarity").fit(X, 2 * X).scale_, 6)
+    2.0
+    """
+
+    def __init__(
+        self,
+        kind: str = "orthogonal",
+        *,
+        center: bool = False,
+        normalize: bool = False,
+    ) -> None:
+        if kind not in KINDS:
+            raise InputError(f"unknown Procrustes kind {kind!r}; choose one of {choices(KINDS)}")
+        self.kind = kind
+        self.center = center
+        self.normalize = normalize
+
+    def _prep_x(self, X: Any) -> np.ndarray:
+        A = as_array(X)
+        if self.normalize:
+            A = _normalize_rows(A)
+        return A
+
+    def fit(self, X: Real[Array, "n d_x"], Y: Real[Array, "n d_y"]) -> Procrustes:
+        """Solve min |s (X - mx) R - (Y - my)|_F over orthogonal R (and s > 0). Returns self."""
+        A, B = self._prep_x(X), self._prep_x(Y)
+        if A.shape[0] != B.shape[0]:
+            raise InputError(f"X has {A.shape[0]} rows but Y has {B.shape[0]}; rows are pairs")
+        fin = np.isfinite(A).all(1) & np.isfinite(B).all(1)
+        warn_nan(int((~fin).sum()), "row pairs (left out of the Procrustes fit)")
+        A, B = A[fin], B[fin]
+        if A.shape[0] < 1:
+            raise InputError("no finite row pairs to fit a Procrustes map on")
+        self.mean_x_ = A.mean(0) if self.center else np.zeros(A.shape[1])
+        self.mean_y_ = B.mean(0) if self.center else np.zeros(B.shape[1])
+        A, B = A - self.mean_x_, B - self.mean_y_
+        U, s, Vt = np.linalg.svd(A.T @ B, full_matrices=False)
+        if self.kind == "rotation":
+            if A.shape[1] != B.shape[1]:
+                raise InputError(
+                    f"kind='rotation' needs equal dims, got {A.shape[1]} and {B.shape[1]}; "
+                    "use kind='orthogonal' for rectangular maps"
+                )
+            sign = np.sign(np.linalg.det(U @ Vt)) or 1.0
+            D = np.ones(s.size)
+            D[-1] = sign
+            self.rotation_ = (U * D) @ Vt
+            s_eff = (s * D).sum()
+        else:
+            self.rotation_ = U @ Vt
+            s_eff = s.sum()
+        self.scale_ = float(s_eff / (A**2).sum()) if self.kind == "similarity" else 1.0
+        self.singular_values_ = s
+        self.n_features_in_ = A.shape[1]
+        return self
+
+    def _check(self) -> None:
+        if not hasattr(self, "rotation_"):
+            raise InputError("this Procrustes is not fitted yet; call fit(X, Y) first")
+
+    def transform(self, X: Real[Array, "n d_x"]) -> Float[np.ndarray, "n d_y"]:
+        """Map rows of X into Y's space."""
+        self._check()
+        A = self._prep_x(X)
+        if A.shape[1] != self.n_features_in_:
+            raise InputError(f"X has {A.shape[1]} features; the map was fitted on "
+                             f"{self.n_features_in_}")
+        return self.scale_ * (A - self.mean_x_) @ self.rotation_ + self.mean_y_
+
+    def inverse_transform(self, Y: Real[Array, "n d_y"]) -> Float[np.ndarray, "n d_x"]:
+        """Map rows of Y back into X's space (exact when R is square)."""
+        self._check()
+        B = self._prep_x(Y)
+        return (B - self.mean_y_) @ self.rotation_.T / self.scale_ + self.mean_x_
+
+    def fit_transform(
+        self, X: Real[Array, "n d_x"], Y: Real[Array, "n d_y"]
+    ) -> Float[np.ndarray, "n d_y"]:
+        return self.fit(X, Y).transform(X)
+
+    def score(self, X: Real[Array, "n d_x"], Y: Real[Array, "n d_y"]) -> float:
+        """Mean cosine between ``transform(X)`` and the paired rows of ``Y`` (1 is perfect)."""
+        P, B = self.transform(X), self._prep_x(Y)
+        num = (P * B).sum(1)
+        den = np.linalg.norm(P, axis=1) * np.linalg.norm(B, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return float(np.nanmean(num / den))
+
+    def residual(self, X: Real[Array, "n d_x"], Y: Real[Array, "n d_y"]) -> float:
+        """Mean squared error per entry |transform(X) - Y|^2 / (n d_y)."""
+        P, B = self.transform(X), self._prep_x(Y)
+        return float(((P - B) ** 2).mean())
+
+    def __repr__(self) -> str:
+        return f"Procrustes(kind={self.kind!r}, center={self.center}, normalize={self.normalize})"
+
+
+def precision_at_k(
+    mapped: Real[Array, "n_query d"],
+    targets: Real[Array, "n_target d"],
+    gold: Int[Array, " n_query"] | None = None,
+    *,
+    k: int = 1,
+    method: str = "nn",
+    csls_k: int = 10,
+) -> float:
+    """Fraction of queries whose gold target (default: the same row index) is among the ``k``
+    best targets by cosine (``"nn"``) or CSLS = 2 cos - r_T(x) - r_S(y) with ``csls_k``
+    neighbours (r_S is taken over the given queries, which stand in for the source vocabulary).
+
+    >>> import numpy as np
+    >>> X = np.eye(4)
+    >>> precision_at_k(X, X), precision_at_k(X, X[::-1])
+    (1.0, 0.0)
+    """
+    if method not in ("nn", "csls"):
+        raise InputError(f"unknown method {method!r}; choose one of {choices(('nn', 'csls'))}")
+    Q, T = _normalize_rows(as_array(mapped)), _normalize_rows(as_array(targets))
+    g = np.arange(Q.shape[0]) if gold is None else as_array(gold, dtype=None).astype(int)
+    if g.shape != (Q.shape[0],) or g.max(initial=0) >= T.shape[0]:
+        raise InputError(f"gold must hold one target index < {T.shape[0]} per query "
+                         f"({Q.shape[0]}), got shape {g.shape}")
+    S = Q @ T.T
+    if method == "csls":
+        kk = int(min(csls_k, T.shape[0], Q.shape[0]))
+        r_t = np.sort(S, axis=1)[:, -kk:].mean(1)  # each query vs its kk nearest targets
+        r_s = np.sort(S, axis=0)[-kk:, :].mean(0)  # each target vs its kk nearest queries
+        S = 2 * S - r_t[:, None] - r_s[None, :]
+    gold_score = S[np.arange(S.shape[0]), g]
+    rank = (S > gold_score[:, None]).sum(1)
+    return float((rank < k).mean())
+
+
+def shared_vocabulary(
+    vocab_a: Mapping[str, int], vocab_b: Mapping[str, int]
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Tokens present in both vocabularies (``{token: id}``, e.g. ``tokenizer.get_vocab()``),
+    sorted by their id in ``vocab_a``, with the ids on each side to index two embedding matrices.
+
+    >>> shared_vocabulary({"a": 0, "b": 1, "c": 2}, {"c": 5, "a": 7})
+    (['a', 'c'], array([0, 2]), array([7, 5]))
+    """
+    common = sorted(set(vocab_a) & set(vocab_b), key=lambda t: vocab_a[t])
+    if not common:
+        raise InputError("the two vocabularies share no token strings")
+    return (common, np.array([vocab_a[t] for t in common]), np.array([vocab_b[t] for t in common]))
+
+
+@dataclass(frozen=True, eq=False)
+class EmbeddingMap(FrameMixin):
+    """A Procrustes map fitted on paired rows (a shared vocabulary, or one layer's states vs
+    another's) and evaluated on held-out pairs. ``scores[name]`` holds ``p_at_k_nn``,
+    ``p_at_k_csls``, ``mean_cosine`` and ``residual`` for ``"test"``, ``"train"``, the
+    ``"identity"`` map (equal dims only) and a ``"shuffled"`` dictionary baseline."""
+
+    procrustes: Procrustes
+    tokens: list[str] | None
+    train_rows: np.ndarray
+    test_rows: np.ndarray
+    scores: dict[str, dict[str, float]]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        cols = {(g, k): [v] for g, d in self.scores.items() for k, v in d.items()}
+        return long_frame(cols, layers=[-1])
+
+
+def _evaluate(P: np.ndarray, Y: np.ndarray, k: int, csls_k: int) -> dict[str, float]:
+    num = (P * Y).sum(1)
+    den = np.linalg.norm(P, axis=1) * np.linalg.norm(Y, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mc = float(np.nanmean(num / den))
+    return {"p_at_k_nn": precision_at_k(P, Y, k=k),
+            "p_at_k_csls": precision_at_k(P, Y, k=k, method="csls", csls_k=csls_k),
+            "mean_cosine": mc, "residual": float(((P - Y) ** 2).mean())}
+
+
+def map_embeddings(
+    X: Real[Array, "rows_x d_x"],
+    Y: Real[Array, "rows_y d_y"],
+    vocab_x: Mapping[str, int] | None = None,
+    vocab_y: Mapping[str, int] | None = None,
+    *,
+    kind: str = "orthogonal",
+    center: bool = False,
+    normalize: bool = True,
+    test_fraction: float = 0.2,
+    k: int = 1,
+    csls_k: int = 10,
+    seed: int = 0,
+) -> EmbeddingMap:
+    """Fit and evaluate a Procrustes map between two embedding matrices over their shared
+    vocabulary (give both ``{token: id}`` dicts), or between already paired rows (e.g. layer l
+    vs layer l+1 vectors of the same tokens). Rows are split train/test with ``seed``.
+
+    >>> import numpy as np
+    >>> E = np.random.default_rng(0).normal(size=(60, 8))
+    >>> m = map_embeddings(E, E[:, ::-1])
+    >>> m.scores["test"]["p_at_k_nn"], m.scores["identity"]["p_at_k_nn"] < 1
+    (1.0, True)
+    """
+    A, B = as_array(X), as_array(Y)
+    tokens = None
+    if (vocab_x is None) != (vocab_y is None):
+        raise InputError(
+            "give both vocab_x and vocab_y (shared vocabulary) or neither (paired rows)"
+        )
+    if vocab_x is not None and vocab_y is not None:
+        tokens, ia, ib = shared_vocabulary(vocab_x, vocab_y)
+        A, B = A[ia], B[ib]
+    if A.shape[0] != B.shape[0]:
+        raise InputError(f"X has {A.shape[0]} rows but Y has {B.shape[0]}; rows must be paired")
+    if not 0 < test_fraction < 1:
+        raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(A.shape[0])
+    n_test = max(1, int(round(test_fraction * A.shape[0])))
+    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    proc = Procrustes(kind, center=center, normalize=normalize).fit(A[train], B[train])
+    Bt = proc._prep_x(B)
+    scores = {"test": _evaluate(proc.transform(A[test]), Bt[test], k, csls_k),
+              "train": _evaluate(proc.transform(A[train]), Bt[train], k, csls_k)}
+    if A.shape[1] == B.shape[1]:
+        scores["identity"] = _evaluate(proc._prep_x(A[test]), Bt[test], k, csls_k)
+    shuf = Procrustes(kind, center=center, normalize=normalize)
+    shuf.fit(A[train], B[train][rng.permutation(train.size)])
+    scores["shuffled"] = _evaluate(shuf.transform(A[test]), Bt[test], k, csls_k)
+    settings = {"kind": kind, "center": center, "normalize": normalize,
+                "test_fraction": test_fraction, "k": k, "csls_k": csls_k, "seed": seed,
+                "n_pairs": int(A.shape[0]), "source": "shared vocabulary" if tokens else "rows"}
+    return EmbeddingMap(proc, tokens, train, test, scores, settings)

@@ -1,0 +1,43 @@
+"""Tidy (long) tables: one row per layer x group x statistic, built from per-layer arrays.
+
+    >>> import numpy as np
+    >>> long_frame({("target", "mean"): np.array([1.0, 2.0])}).shape
+    (2, 4)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["FrameMixin", "long_frame"]
+
+
+def long_frame(
+    columns: Mapping[tuple[str, str], Any],
+    *,
+    layers: Sequence[int] | np.ndarray | None = None,
+) -> pd.DataFrame:
+    """``{(group, statistic): values per layer}`` -> DataFrame[layer, group, statistic, value].
+
+    Results that are not per layer use ``layers=[-1]``."""
+    parts = []
+    for (group, stat), vals in columns.items():
+        v = np.atleast_1d(np.asarray(vals, dtype=float))
+        lay = np.arange(v.shape[0]) if layers is None else np.asarray(layers)[: v.shape[0]]
+        parts.append(pd.DataFrame({"layer": lay, "group": group, "statistic": stat, "value": v}))
+    if not parts:
+        return pd.DataFrame(columns=["layer", "group", "statistic", "value"])
+    df = pd.concat(parts, ignore_index=True)
+    df["layer"] = df["layer"].astype(int)
+    return df
+
+
+class FrameMixin:
+    """Gives a result with ``to_frame()`` a notebook view (its tidy table as HTML)."""
+
+    def _repr_html_(self) -> str:
+        return self.to_frame().to_html(max_rows=60)  # type: ignore[attr-defined]
