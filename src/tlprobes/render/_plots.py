@@ -211,7 +211,7 @@ def plot_cosine_heatmap(
     cl = [str(v) for v in col_labels] if col_labels is not None else None
     if rl is not None and len(rl) != r or cl is not None and len(cl) != c:
         raise InputError(f"labels must match the matrix shape {mat.shape}")
-    fig, (ax,) = _figure(figsize or (min(3 + 0.35 * c, 12), min(2.5 + 0.35 * r, 10)))
+    fig, (ax,) = _figure(figsize or (min(3 + 0.35 * c, 12.0), min(2.5 + 0.35 * r, 10.0)))
     im = ax.imshow(mat, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     fig.colorbar(im, ax=ax, label=colorbar_label)
     if rl is not None:

@@ -1,0 +1,323 @@
+"""Probe suites: declarative study files (TOML) and their validation.
+
+A suite names a study, the model, the prompt set and the analysis settings::
+
+    [suite]
+    name = "rotation-angles"
+    title = "Rotation of ' her' across layers (seed 003)"
+    study = "angles"
+
+    [model]
+    name = "default"            # overridden by `tlprobes run --model`
+
+    [prompts]
+    file = "prompts/her_sentences.txt"
+    target = " her"
+
+    [run]
+    batch_size = 16
+
+    [analysis]
+    controls = ["course", "clean"]
+
+Loading validates everything a run needs before any model is loaded: unknown sections or keys, wrong
+types, a missing prompt file, and a target word absent from a prompt fail with the file, the line (or
+key) and what is allowed::
+
+    >>> suite = load_suite("probes/rotation_angles.toml")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._errors import InputError, TLProbesError, choices
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["Suite", "SuiteError", "load_suite", "suites_dir", "find_suite", "list_suites"]
+
+
+class SuiteError(TLProbesError, ValueError):
+    """A suite file that cannot be run as written."""
+
+
+_ANY = object()
+
+#: section -> key -> (type or tuple of types, default); ``_ANY`` for free-form tables.
+_SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
+    "suite": {
+        "name": (str, None),
+        "title": (str, ""),
+        "description": (str, ""),
+        "study": (str, None),
+        "seed_study": (str, ""),
+    },
+    "model": {
+        "name": (str, "default"),
+        "compat": (bool, False),
+        "second": (str, ""),  # a second model (Procrustes between embedding spaces)
+        "dtype": (str, ""),
+    },
+    "prompts": {
+        "file": (str, None),
+        "target": (str, ""),
+        "column": (str, "sentence"),
+        "limit": (int, 0),
+    },
+    "run": {
+        "batch_size": (int, 16),
+        "padding_side": (str, "right"),
+        "seed": (int, 0),
+        "device": (str, "cpu"),
+    },
+    "analysis": {},  # checked against the study's own schema
+}
+_REQUIRED = {"suite": ("name", "study"), "prompts": ("file",)}
+_PADDING = ("right", "left")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A validated suite: its sections with defaults filled in, and its prompts."""
+
+    path: Path
+    name: str
+    title: str
+    description: str
+    study: str
+    model: dict[str, Any]
+    prompts_file: Path
+    prompts: list[str]
+    columns: dict[str, list[str]]
+    target: str
+    run: dict[str, Any]
+    analysis: dict[str, Any]
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved settings, for the run manifest."""
+        return {
+            "path": str(self.path),
+            "name": self.name,
+            "title": self.title,
+            "study": self.study,
+            "model": self.model,
+            "prompts_file": str(self.prompts_file),
+            "n_prompts": len(self.prompts),
+            "target": self.target,
+            "run": self.run,
+            "analysis": self.analysis,
+        }
+
+
+def _line_of(text: str, section: str | None, key: str) -> int | None:
+    """Best-effort line number of ``key`` (inside ``[section]``) in the TOML text."""
+    current = None
+    for i, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        m = re.match(r"^\[([^\]]+)\]", stripped)
+        if m:
+            current = m.group(1).strip()
+            if section is None and current == key:
+                return i
+            continue
+        if current == section and re.match(rf"^{re.escape(key)}\s*=", stripped):
+            return i
+    return None
+
+
+def _type_name(t: Any) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(x.__name__ for x in t)
+    return t.__name__
+
+
+def _check_value(where: str, key: str, value: Any, want: Any) -> None:
+    if want is _ANY:
+        return
+    if isinstance(want, list):  # a list whose elements have type want[0]
+        if not (isinstance(value, list) and all(isinstance(v, want[0]) for v in value)):
+            raise SuiteError(f"{where}: {key} must be a list of {want[0].__name__}, got {value!r}")
+        return
+    ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise SuiteError(
+            f"{where}: {key} must be {_type_name(want)}, got {type(value).__name__} {value!r}"
+        )
+
+
+def _read_prompts(path: Path, column: str, where: str) -> tuple[list[str], dict[str, list[str]]]:
+    if path.suffix == ".tsv":
+        with path.open(encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+        if not rows:
+            raise SuiteError(f"{where}: prompt file {path} has no rows")
+        if column not in rows[0]:
+            raise SuiteError(
+                f"{where}: prompt file {path} has no column {column!r}; columns: {choices(rows[0])}"
+            )
+        cols = {k: [r[k] for r in rows] for k in rows[0]}
+        return cols[column], cols
+    lines = [ln.rstrip("\n") for ln in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not prompts:
+        raise SuiteError(f"{where}: prompt file {path} holds no prompts")
+    return prompts, {}
+
+
+def _word_in(word: str, text: str) -> bool:
+    """Whether ``word`` (with its leading space, if any) occurs as a whole word in ``text``."""
+    core = word.strip()
+    if word.startswith(" "):
+        pattern = rf"(?<=\s){re.escape(core)}(?![\w'])"
+    else:
+        pattern = rf"(?<![\w]){re.escape(core)}(?![\w'])"
+    return re.search(pattern, text) is not None
+
+
+def load_suite(path: str | Path, *, study_schema: dict[str, tuple[Any, Any]] | None = None) -> Suite:
+    """Read and validate a suite file (see the module docstring for the format)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"suite file {path} does not exist; available suites: {choices(list_suites())}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SuiteError(f"{path}: not valid TOML: {err}") from None
+
+    def where(section: str | None, key: str) -> str:
+        line = _line_of(text, section, key)
+        return f"{path}:{line}" if line else f"{path} [{section}] {key}"
+
+    for section in data:
+        if section not in _SCHEMA:
+            raise SuiteError(
+                f"{where(None, section)}: unknown section [{section}]; valid sections: "
+                f"{choices(_SCHEMA)}"
+            )
+        if not isinstance(data[section], dict):
+            raise SuiteError(f"{where(None, section)}: [{section}] must be a table")
+    for section, required in _REQUIRED.items():
+        for key in required:
+            if key not in data.get(section, {}):
+                raise SuiteError(f"{path}: [{section}] needs the key {key!r}")
+
+    resolved: dict[str, dict[str, Any]] = {}
+    for section, keys in _SCHEMA.items():
+        given = data.get(section, {})
+        if section == "analysis":
+            continue
+        for key, value in given.items():
+            if key not in keys:
+                raise SuiteError(
+                    f"{where(section, key)}: unknown key {key!r} in [{section}]; valid keys: "
+                    f"{choices(keys)}"
+                )
+            _check_value(where(section, key), key, value, keys[key][0])
+        resolved[section] = {k: given.get(k, default) for k, (_, default) in keys.items()}
+
+    from ._registry import get_study
+
+    study_name = resolved["suite"]["study"]
+    study = get_study(study_name, where=where("suite", "study"))
+    schema = study_schema if study_schema is not None else study.schema
+    analysis = dict(data.get("analysis", {}))
+    for key, value in analysis.items():
+        if key not in schema:
+            raise SuiteError(
+                f"{where('analysis', key)}: unknown key {key!r} in [analysis] for study "
+                f"{study_name!r}; valid keys: {choices(schema)}"
+            )
+        _check_value(where("analysis", key), key, value, schema[key][0])
+    analysis = {k: analysis.get(k, default) for k, (_, default) in schema.items()}
+
+    run = resolved["run"]
+    if run["padding_side"] not in _PADDING:
+        raise SuiteError(
+            f"{where('run', 'padding_side')}: padding_side {run['padding_side']!r}; valid: "
+            f"{choices(_PADDING)}"
+        )
+    if run["batch_size"] < 1:
+        raise SuiteError(f"{where('run', 'batch_size')}: batch_size must be >= 1")
+
+    pfile = (path.parent / resolved["prompts"]["file"]).resolve()
+    if not pfile.is_file():
+        raise SuiteError(
+            f"{where('prompts', 'file')}: prompt file {resolved['prompts']['file']!r} not found "
+            f"(looked for {pfile})"
+        )
+    prompts, columns = _read_prompts(pfile, resolved["prompts"]["column"], where("prompts", "file"))
+    if resolved["prompts"]["limit"]:
+        n = resolved["prompts"]["limit"]
+        prompts = prompts[:n]
+        columns = {k: v[:n] for k, v in columns.items()}
+    target = resolved["prompts"]["target"]
+    if target:
+        for i, prompt in enumerate(prompts):
+            if not _word_in(target, prompt):
+                line = i + 2 if pfile.suffix == ".tsv" else _prompt_line(pfile, prompt)
+                raise SuiteError(
+                    f"{pfile}:{line}: target {target!r} (from {where('prompts', 'target')}) is absent "
+                    f"from prompt {i}: {prompt!r}"
+                )
+    return Suite(
+        path=path,
+        name=resolved["suite"]["name"],
+        title=resolved["suite"]["title"] or resolved["suite"]["name"],
+        description=resolved["suite"]["description"],
+        study=study_name,
+        model=resolved["model"],
+        prompts_file=pfile,
+        prompts=prompts,
+        columns=columns,
+        target=target,
+        run=run,
+        analysis=analysis,
+        raw=data,
+    )
+
+
+def _prompt_line(path: Path, prompt: str) -> int:
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.rstrip("\n") == prompt:
+            return i
+    return 0
+
+
+def suites_dir() -> Path:
+    """The folder holding the suites: the repo's ``probes/`` (or the copy shipped in the wheel)."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[3] / "probes", here.parents[1] / "_probes"):
+        if candidate.is_dir():
+            return candidate
+    raise InputError("cannot find the probes/ folder with the suites")
+
+
+def list_suites() -> list[str]:
+    try:
+        return sorted(p.stem for p in suites_dir().glob("*.toml"))
+    except InputError:
+        return []
+
+
+def find_suite(name_or_path: str | Path) -> Path:
+    """A suite by path, or by name from ``probes/`` (``angles`` -> ``probes/angles.toml``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    candidate = suites_dir() / f"{p.stem}.toml"
+    if candidate.is_file():
+        return candidate
+    raise SuiteError(f"no suite {str(name_or_path)!r}; available: {choices(list_suites())}")
