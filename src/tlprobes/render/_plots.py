@@ -131,6 +131,10 @@ def plot_angle_trajectories(
         )
     if ticks is not None:
         ax.set_xticks(x, ticks, rotation=45, ha="right")
+    else:  # numeric layers: integer ticks only
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

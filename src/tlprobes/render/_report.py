@@ -104,7 +104,7 @@ class Report(HTMLDisplayMixin):
         *,
         float_format: str = "{:.4g}",
         max_rows: int | None = 200,
-        index: bool = True,
+        index: bool = False,
     ) -> Report:
         """A pandas DataFrame (or a mapping of columns) as an escaped HTML table."""
         import pandas as pd
