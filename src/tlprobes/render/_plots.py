@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from jaxtyping import Bool, Float
@@ -78,6 +78,16 @@ def _figure(figsize: tuple[float, float], ncols: int = 1) -> tuple[Figure, list]
     return fig, list(axes)
 
 
+def _finish(ax: Any, xlabel: str, ylabel: str, title: str | None) -> None:
+    """Labels, title, a light grid and a frameless legend: how every line plot here ends."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize="small")
+
+
 def plot_angle_trajectories(
     curves: Mapping[
         str, tuple[Float[Array, " layer"], Float[Array, " layer"], Float[Array, " layer"]]
@@ -135,12 +145,7 @@ def plot_angle_trajectories(
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize="small")
+    _finish(ax, xlabel, ylabel, title)
     return fig
 
 
@@ -372,12 +377,7 @@ def plot_trajectories(
             ax.annotate(
                 ll[i], xy[i], fontsize=7, xytext=(3, 3), textcoords="offset points", color=color
             )
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize="small")
+    _finish(ax, xlabel, ylabel, title)
     return fig
 
 
