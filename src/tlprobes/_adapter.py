@@ -281,8 +281,11 @@ class Adapter:
         return x
 
     def unembed(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_vocab"]:
-        """``x @ W_U + b_U`` without firing hooks."""
-        return x @ self.W_U.to(x.dtype) + self.b_U.to(x.dtype)
+        """``x @ W_U + b_U`` without firing hooks (one fused matmul-add)."""
+        b = getattr(self.model, "b_U", None)
+        return torch.nn.functional.linear(
+            x, self.W_U.to(x.dtype).T, None if b is None else b.to(x.dtype)
+        )
 
     # ------------------------------------------------------------------ tokens
     @property

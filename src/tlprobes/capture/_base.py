@@ -51,6 +51,7 @@ class BatchContext:
         self.prompts = prompts
         self._positions: dict[Any, tuple[Tensor, Tensor]] = {}
         self._index: dict[tuple[Any, torch.device], Tensor] = {}
+        self._async = False
 
     def describe(self, b: int) -> str:
         if self.prompts is not None and b < len(self.prompts):
@@ -91,6 +92,37 @@ class BatchContext:
         if self.store_device is not None or self.store_dtype is not None:
             t = t.to(device=self.store_device, dtype=self.store_dtype)
         return t
+
+    def put(self, scratch: dict[Any, Any], key: str, index: int, rows: int, x: Tensor) -> None:
+        """Copy ``x`` into row ``index`` of a ``[rows, *x.shape]`` buffer kept in ``scratch``.
+
+        The buffer lives where results live (pinned host memory when the model is on a GPU, so
+        the copy overlaps the forward pass); no per-layer tensors are stacked (copied) later.
+        """
+        buf = scratch.get(key)
+        if buf is None:
+            device = torch.device(self.store_device) if self.store_device is not None else x.device
+            pin = x.is_cuda and device.type == "cpu"
+            buf = torch.empty((rows, *x.shape), dtype=self.store_dtype or x.dtype, device=device,
+                              pin_memory=pin)
+            scratch[key] = buf
+            scratch[key + "/filled"] = set()
+            self._async = self._async or pin
+        buf[index].copy_(x.detach(), non_blocking=buf.is_pinned())
+        scratch[key + "/filled"].add(index)
+
+    def take(self, scratch: dict[Any, Any], key: str, rows: int, what: str) -> Tensor:
+        """The buffer filled by :meth:`put`, after checking every row arrived."""
+        filled = scratch.get(key + "/filled", set())
+        if len(filled) != rows:
+            missing = sorted(set(range(rows)) - filled)[:4]
+            raise TLProbesError(
+                f"{what}: rows {missing} of {key!r} were not captured in this forward pass; "
+                "tlprobes captures whole forward passes (no stop_at_layer / start_at_layer)"
+            )
+        if self._async:
+            torch.cuda.synchronize()
+        return scratch[key]
 
 
 def cat_pieces(pieces: list[dict[Any, Any]], layout: dict[str, tuple[int, tuple[int, ...], Any]]) -> dict[Any, Any]:

@@ -75,15 +75,14 @@ class Activation(Probe):
     def on_activation(
         self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
-        scratch[layer if layer is not None else 0] = ctx.store(ctx.select(t, self.positions))
+        layers = self._layers  # type: ignore[attr-defined]
+        index = layers.index(layer) if layer is not None else 0
+        ctx.put(scratch, "values", index, len(layers), ctx.select(t, self.positions))
 
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         pos, valid = ctx.positions(self.positions)
-        return {
-            "values": self._stack(scratch, list(self._layers), self.name),  # type: ignore[attr-defined]
-            "positions": pos,
-            "mask": valid,
-        }
+        rows = len(self._layers)  # type: ignore[attr-defined]
+        return {"values": ctx.take(scratch, "values", rows, self.name), "positions": pos, "mask": valid}
 
     def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
         return cat_pieces(

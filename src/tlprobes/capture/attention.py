@@ -109,13 +109,14 @@ class Attention(Probe):
     def on_activation(
         self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
-        heads = self._heads  # type: ignore[attr-defined]
+        heads, layers = self._heads, self._layers  # type: ignore[attr-defined]
         if len(heads) != t.shape[1]:
             t = t[:, list(heads)]
-        scratch[layer] = ctx.store(t)
+        ctx.put(scratch, "pattern", layers.index(layer), len(layers), t)
 
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
-        return {"pattern": self._stack(scratch, list(self._layers), self.name)}  # type: ignore[attr-defined]
+        layers = self._layers  # type: ignore[attr-defined]
+        return {"pattern": ctx.take(scratch, "pattern", len(layers), self.name)}
 
     def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
         return cat_pieces(pieces, {"pattern": (1, (3, 4), 0.0)})

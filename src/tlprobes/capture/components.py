@@ -66,16 +66,15 @@ class Components(Probe):
     def on_activation(
         self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
-        scratch[(site, layer)] = ctx.store(ctx.select(t, self.positions))
+        layers = self._layers  # type: ignore[attr-defined]
+        ctx.put(scratch, site, layers.index(layer), len(layers), ctx.select(t, self.positions))
 
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         layers = self._layers  # type: ignore[attr-defined]
         pos, valid = ctx.positions(self.positions)
         out: dict[str, Any] = {"positions": pos, "mask": valid}
         for p in _PARTS:
-            out[p] = (
-                self._stack(scratch, [(p, l) for l in layers], self.name) if p in self.parts else None
-            )
+            out[p] = ctx.take(scratch, p, len(layers), self.name) if p in self.parts else None
         return out
 
     def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:

@@ -143,11 +143,13 @@ class LogitLens(Probe):
 
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         n = ctx.adapter.n_layers
-        states = self._stack(scratch, list(range(n + 1)), self.name)
+        if len(scratch) != n + 1:
+            self._stack(scratch, list(range(n + 1)), self.name)  # raises: a state is missing
+        states = [scratch[i] for i in range(n + 1)]  # on the model's device, never stacked
         pos, valid = ctx.positions(self.positions)
         targets = self._targets(ctx)
         adapter = ctx.adapter
-        tgt = targets.to(states.device)
+        tgt = targets.to(states[0].device)
         has_t = tgt >= 0
         tgt_c = tgt.clamp(min=0)
 

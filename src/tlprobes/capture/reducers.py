@@ -25,19 +25,9 @@ from ._base import BatchContext, Probe, cat_pieces
 from ._capture import Captured
 from ._positions import PositionSpec, check_spec
 
-__all__ = ["Steps", "StepsCapture", "ResidualMean", "ResidualMeanCapture", "angle_deg"]
+__all__ = ["Steps", "StepsCapture", "ResidualMean", "ResidualMeanCapture"]
 
-
-def angle_deg(u: Tensor, v: Tensor) -> Tensor:
-    """Angle in degrees between ``u`` and ``v`` along the last dim: ``2*atan2(|u^-v^|, |u^+v^|)``.
-
-    Stable for (anti)parallel vectors, unlike ``acos``; NaN where either vector is zero.
-    """
-    u = u.double()
-    v = v.double()
-    un = u / u.norm(dim=-1, keepdim=True)
-    vn = v / v.norm(dim=-1, keepdim=True)
-    return torch.rad2deg(2 * torch.atan2((un - vn).norm(dim=-1), (un + vn).norm(dim=-1)))
+_FIELDS = ("angle", "step", "norm", "attn_proj", "mlp_proj", "attn_norm", "mlp_norm", "attn_mlp_cos")
 
 
 @dataclass(frozen=True, repr=False)
@@ -90,50 +80,66 @@ class Steps(Probe):
         return sites
 
     def new_batch(self, ctx: BatchContext) -> dict[Any, Any]:
-        return {"rows": {}}
+        return {}
 
     def on_activation(
         self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
-        x = ctx.select(t, self.positions).double()
-        if site == "attn_out":
-            scratch["a"] = x
+        x = ctx.select(t, self.positions)
+        if site in ("attn_out", "mlp_out"):
+            scratch[site] = x
             return
-        if site == "mlp_out":
-            scratch["m"] = x
-            return
-        idx = ctx.adapter.n_layers if site == "resid_post" else int(layer)  # type: ignore[arg-type]
-        rows = scratch["rows"]
-        rows[("norm", idx)] = ctx.store(x.norm(dim=-1))
+        n = ctx.adapter.n_layers
+        idx = n if site == "resid_post" else int(layer)  # type: ignore[arg-type]
+        rows = scratch.get("rows")
+        if rows is None:  # one [field, state, batch, k] float64 buffer, on the model's device
+            rows = scratch["rows"] = torch.full(
+                (len(_FIELDS), n + 1, *x.shape[:2]), float("nan"), dtype=torch.float64, device=x.device
+            )
+            scratch["seen"] = set()
         prev = scratch.get("x")
-        if prev is not None:
-            delta = x - prev
-            step = delta.norm(dim=-1)
-            l = idx - 1
-            rows[("angle", l)] = ctx.store(angle_deg(prev, x))
-            rows[("step", l)] = ctx.store(step)
+        if prev is None:
+            rows[_FIELDS.index("norm"), idx] = x.double().norm(dim=-1)
+        else:
+            # every quantity is a dot product among x_l, x_(l-1) (and attn_out, mlp_out): one Gram
+            # matrix per token in float64 replaces ~20 small kernels per hook
+            vecs = [x, prev]
             if self.components:
-                a, m = scratch.pop("a"), scratch.pop("m")
-                unit = delta / step.unsqueeze(-1)
-                rows[("attn_proj", l)] = ctx.store((a * unit).sum(-1))
-                rows[("mlp_proj", l)] = ctx.store((m * unit).sum(-1))
-                an, mn = a.norm(dim=-1), m.norm(dim=-1)
-                rows[("attn_norm", l)] = ctx.store(an)
-                rows[("mlp_norm", l)] = ctx.store(mn)
-                rows[("attn_mlp_cos", l)] = ctx.store((a * m).sum(-1) / (an * mn))
+                vecs += [scratch.pop("attn_out"), scratch.pop("mlp_out")]
+            V = torch.stack(vecs, dim=-2).double()
+            G = V @ V.transpose(-1, -2)
+            xx, pp, xp = G[..., 0, 0], G[..., 1, 1], G[..., 0, 1]
+            l = idx - 1
+            cos = (xp / (xx * pp).sqrt()).clamp(-1, 1)
+            # 2*atan2(|u^-v^|, |u^+v^|) with |u^-+v^|^2 = 2 -+ 2cos: stable at 0 and 180 degrees
+            rows[_FIELDS.index("angle"), l] = torch.rad2deg(
+                2 * torch.atan2((2 - 2 * cos).clamp(min=0).sqrt(), (2 + 2 * cos).clamp(min=0).sqrt())
+            )
+            step = (xx + pp - 2 * xp).clamp(min=0).sqrt()
+            rows[_FIELDS.index("step"), l] = step
+            rows[_FIELDS.index("norm"), idx] = xx.sqrt()
+            if self.components:
+                aa, mm, am = G[..., 2, 2], G[..., 3, 3], G[..., 2, 3]
+                rows[_FIELDS.index("attn_proj"), l] = (G[..., 2, 0] - G[..., 2, 1]) / step
+                rows[_FIELDS.index("mlp_proj"), l] = (G[..., 3, 0] - G[..., 3, 1]) / step
+                rows[_FIELDS.index("attn_norm"), l] = aa.sqrt()
+                rows[_FIELDS.index("mlp_norm"), l] = mm.sqrt()
+                rows[_FIELDS.index("attn_mlp_cos"), l] = am / (aa * mm).sqrt()
+        scratch["seen"].add(idx)
         scratch["x"] = x
 
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         n = ctx.adapter.n_layers
-        rows = scratch["rows"]
+        if len(scratch.get("seen", ())) != n + 1:
+            self._stack({}, [("state", l) for l in range(n + 1)], self.name)  # raises: incomplete
+        rows = ctx.store(scratch["rows"])  # one transfer per batch
         pos, valid = ctx.positions(self.positions)
-        out: dict[str, Any] = {"positions": pos, "mask": valid}
-        out["norm"] = self._stack(rows, [("norm", l) for l in range(n + 1)], self.name)
-        names = ["angle", "step"]
-        if self.components:
-            names += ["attn_proj", "mlp_proj", "attn_norm", "mlp_norm", "attn_mlp_cos"]
-        for key in ("angle", "step", "attn_proj", "mlp_proj", "attn_norm", "mlp_norm", "attn_mlp_cos"):
-            out[key] = self._stack(rows, [(key, l) for l in range(n)], self.name) if key in names else None
+        out: dict[str, Any] = {"positions": pos, "mask": valid, "norm": rows[_FIELDS.index("norm")]}
+        for key in _FIELDS:
+            if key == "norm":
+                continue
+            wanted = key in ("angle", "step") or self.components
+            out[key] = rows[_FIELDS.index(key), :n] if wanted else None
         return out
 
     def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:

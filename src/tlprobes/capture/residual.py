@@ -85,24 +85,23 @@ class Residual(Probe):
     def on_activation(
         self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
+        n = ctx.adapter.n_layers
         x = ctx.select(t, self.positions)
         if site == "resid_post":
             if self.final_state == "ln_f":
                 x = ctx.adapter.ln_final(x)
-            scratch[("state", ctx.adapter.n_layers)] = ctx.store(x)
+            ctx.put(scratch, "resid", n, n + 1, x)
         elif site == "resid_pre":
-            scratch[("state", layer)] = ctx.store(x)
+            ctx.put(scratch, "resid", int(layer), n + 1, x)  # type: ignore[arg-type]
         else:
-            scratch[("mid", layer)] = ctx.store(x)
+            ctx.put(scratch, "mid", int(layer), n, x)  # type: ignore[arg-type]
 
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         n = ctx.adapter.n_layers
         pos, valid = ctx.positions(self.positions)
         return {
-            "resid": self._stack(scratch, [("state", l) for l in range(n + 1)], self.name),
-            "resid_mid": self._stack(scratch, [("mid", l) for l in range(n)], self.name)
-            if self.mid
-            else None,
+            "resid": ctx.take(scratch, "resid", n + 1, self.name),
+            "resid_mid": ctx.take(scratch, "mid", n, self.name) if self.mid else None,
             "positions": pos,
             "mask": valid,
         }
