@@ -24,6 +24,7 @@ from ._errors import PositionError as PositionError
 from ._errors import ResultsError as ResultsError
 from ._errors import SiteError as SiteError
 from ._errors import TLProbesError as TLProbesError
+from ._errors import UnknownModelError as UnknownModelError
 from ._result import Inputs as Inputs
 from ._result import Result as Result
 from ._runner import run as run
@@ -74,6 +75,9 @@ _LAZY = {
     "PathAccumulator": ("tlprobes.analysis", "PathAccumulator"),
     "DriftAccumulator": ("tlprobes.analysis", "DriftAccumulator"),
     "AnisotropyAccumulator": ("tlprobes.analysis", "AnisotropyAccumulator"),
+    "models": ("tlprobes.models", None),
+    "load_model": ("tlprobes.models", "load_model"),
+    "shipped_models": ("tlprobes.models", "shipped_models"),
     "render": ("tlprobes.render", None),
     "suites": ("tlprobes.suites", None),
     "load_results": ("tlprobes.suites", "load_results"),
@@ -109,6 +113,7 @@ __all__ = [
     "Activation", "Attention", "Components", "HeadError", "InputError", "Inputs", "LayerError",
     "LogitLens", "Meta", "ModelError", "PositionError", "Probe", "Residual", "ResidualMean",
     "Result", "ResultsError", "SITES", "Session", "SiteError", "Steps", "TLProbesError", "Target",
+    "UnknownModelError",
     "adapter_for", "attach", "run",
     *_LAZY,
 ]

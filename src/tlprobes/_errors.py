@@ -26,6 +26,7 @@ __all__ = [
     "InputError",
     "ModelError",
     "ResultsError",
+    "UnknownModelError",
     "choices",
 ]
 
@@ -59,6 +60,10 @@ class InputError(TLProbesError, ValueError):
 
 class ModelError(TLProbesError, TypeError):
     """Something that is not a TransformerLens model, or one we cannot read."""
+
+
+class UnknownModelError(TLProbesError, ValueError):
+    """A model name that is not shipped, not a local directory, and not loadable by TL."""
 
 
 class ResultsError(TLProbesError, ValueError):

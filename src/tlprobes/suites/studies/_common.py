@@ -21,15 +21,16 @@ def curve(df: pd.DataFrame, group: str) -> tuple[np.ndarray, np.ndarray, np.ndar
     return tuple(series(df, group, s)[1] for s in ("mean", "ci_low", "ci_high"))  # type: ignore[return-value]
 
 
-def pivot(df: pd.DataFrame, wanted: list[tuple[str, str]], *, digits: int = 4) -> pd.DataFrame:
-    """A wide table (one row per layer) of chosen (group, statistic) pairs, for the report."""
+def pivot(df: pd.DataFrame, wanted: list[tuple[str, str]]) -> pd.DataFrame:
+    """A wide table (one row per layer) of chosen (group, statistic) pairs, for the report
+    (which prints 4 significant digits, so small p-values stay readable)."""
     cols = {}
     for group, stat in wanted:
         layers, vals = series(df, group, stat)
         cols[f"{group} {stat}"] = pd.Series(vals, index=layers)
     out = pd.DataFrame(cols)
     out.index.name = "layer"
-    return out.reset_index().round(digits)
+    return out.reset_index()
 
 
 def new_report(manifest: dict[str, Any], heading: str, text: str) -> Any:
@@ -45,7 +46,7 @@ def new_report(manifest: dict[str, Any], heading: str, text: str) -> Any:
         "mode": manifest.get("mode"),
         "TransformerLens": manifest.get("tl_version"),
         "prompts": f"{suite.get('n_prompts')} from {suite.get('prompts_file', '').split('/')[-1]}",
-        "target": suite.get("target") or "-",
+        "target": repr(suite.get("target")) if suite.get("target") else "-",
         "seed": manifest.get("seed"),
         "created": manifest.get("created"),
         "timings (s)": manifest.get("timings_s"),

@@ -35,11 +35,15 @@ class Angles:
                 from .._schema import SuiteError
 
                 raise SuiteError(f"unknown control {c!r} in [analysis] controls; valid: {list(CONTROLS)}")
+        # the course batch-tokenises every sentence at once, so its control's "padding" is the
+        # model's own padding activations; one batch reproduces that (merging batches of different
+        # lengths would add empty slots instead)
+        batch_size = len(ctx.prompts) if "course" in a["controls"] else ctx.batch_size
         res = tp.run(
             ctx.model, ctx.prompts,
             tp.Residual(final_state=a["final_state"]),
             tp.Steps(),
-            batch_size=ctx.batch_size, padding_side=ctx.padding_side, progress=ctx.progress,
+            batch_size=batch_size, padding_side=ctx.padding_side, progress=ctx.progress,
         )
         r = res.residual
         out = StudyOutput()
@@ -111,7 +115,7 @@ class Angles:
                 ("target", "mean"), ("before", "mean"), ("control", "mean"),
                 ("target-before", "t"), ("target-before", "p_bonferroni"),
                 ("target-before", "p_fdr_bh"), ("target-before", "d_z"),
-            ], digits=4), caption="per layer: mean angles, paired t (target - before), adjusted p, d_z")
+            ]), caption="per layer: mean angles, paired t (target - before), adjusted p, d_z")
         report.add_heading("Tokens coloured by mean rotation across layers")
         vals = out.view_data["token_mean_angle"]
         mask = out.view_data["mask"]

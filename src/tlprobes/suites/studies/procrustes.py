@@ -81,13 +81,20 @@ class ProcrustesStudy:
                      {"layer": layer, "group": "cka", "statistic": "linear", "value": cka(X, Y)}]
         out.tables["layers"] = pd.DataFrame(rows)
         # a picture: held-out words in model B's top-2 PCA plane, before and after the map
-        test = np.asarray(emb.test_rows)[: a["plot_words"]]
+        test = np.asarray(emb.test_rows)
         va, vb = _vocab(A), _vocab(B)
         if va is not None and vb is not None:
             tokens, ia, ib = shared_vocabulary(va, vb)
-            words = [tokens[i] for i in test]
+            # plot held-out tokens that are words of the prompts (rare byte tokens are outliers)
+            tok = A.tokenizer
+            words_all = [tok.convert_tokens_to_string([tokens[i]]) for i in test]
+            in_prompts = {w for p in ctx.prompts for w in p.replace(".", " ").split()}
+            keep = [j for j, w in enumerate(words_all) if w.strip() in in_prompts] or list(range(len(test)))
+            test = test[keep][: a["plot_words"]]
+            words = [words_all[j] for j in keep][: a["plot_words"]]
         else:
             ia = ib = np.arange(len(EA))
+            test = test[: a["plot_words"]]
             words = [str(i) for i in test]
         src, tgt = EA[ia[test]], emb.procrustes._prep_x(EB[ib[test]])
         aligned = emb.procrustes.transform(src)
