@@ -141,7 +141,6 @@ def memory_of(method: str, args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- timing
 def time_methods(methods: list[str], args: argparse.Namespace, log: Any) -> dict[str, list[float]]:
     import torch
-
     from _methods import make
     from _models import build
 

@@ -13,7 +13,6 @@ LayerNorm weights and biases are randomised: the default init (w=1, b=0) hides L
 
 from __future__ import annotations
 
-import copy
 import importlib.metadata
 import os
 import warnings

@@ -149,6 +149,9 @@ def test_steps_reducer_equals_stored_vectors(model):
     torch.testing.assert_close(s.angle[:, m], ang[:, m], atol=1e-4, rtol=0)
     unit = delta / step[..., None]
     torch.testing.assert_close(s.attn_proj[:, m], (a * unit).sum(-1)[:, m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s.mlp_proj[:, m], (mlp * unit).sum(-1)[:, m], atol=1e-5, rtol=1e-5)
+    cos_am = (a * mlp).sum(-1) / (a.norm(dim=-1) * mlp.norm(dim=-1))
+    torch.testing.assert_close(s.attn_mlp_cos[:, m], cos_am[:, m], atol=1e-6, rtol=1e-6)
 
 
 def test_streaming_merge_equals_one_batch(model):

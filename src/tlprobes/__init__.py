@@ -13,8 +13,8 @@ The public API is exactly what this module shows; everything else lives in priva
 
 from __future__ import annotations
 
-from ._adapter import Meta as Meta
 from ._adapter import SITES as SITES
+from ._adapter import Meta as Meta
 from ._adapter import adapter_for as adapter_for
 from ._errors import HeadError as HeadError
 from ._errors import InputError as InputError

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 

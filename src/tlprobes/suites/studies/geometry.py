@@ -83,8 +83,13 @@ class Geometry:
 
     def render(self, out: StudyOutput, manifest: dict[str, Any]) -> Any:
         from ...render import (
-            attention_layers_view, attention_overview, head_summaries, plot_angle_trajectories,
-            plot_cosine_heatmap, plot_scatter, plot_scree,
+            attention_layers_view,
+            attention_overview,
+            head_summaries,
+            plot_angle_trajectories,
+            plot_cosine_heatmap,
+            plot_scatter,
+            plot_scree,
         )
 
         f = out.facts
