@@ -150,3 +150,17 @@ def test_cli_list_render_and_errors(tmp_path, tiny, capsys):
     err = capsys.readouterr().err
     assert "tlprobes: error:" in err and "absent" in err
     assert json.loads((out / "manifest.json").read_text())["suite"]["name"] == "logit_lens"
+
+
+def test_cli_runs_a_two_model_study_on_the_shipped_models(tmp_path):
+    out = tmp_path / "run"
+    code = cli(["run", str(_suite(tmp_path, "procrustes", 12)), "--model", "default-s1",
+                "--second-model", "default", "--out", str(out), "--quiet"])
+    assert code == 0
+    res = load_results(out)
+    assert res.manifest["model"]["requested"] == "default-s1"
+    assert res.manifest["second_model"]["model_name"] == "default"
+    scores = res.tables["embeddings"]
+    nn = scores[(scores["group"] == "test") & (scores["statistic"] == "p_at_k_nn")]["value"].item()
+    ident = scores[(scores["group"] == "identity") & (scores["statistic"] == "p_at_k_nn")]["value"].item()
+    assert nn > ident  # the fitted map beats the identity between two independently trained models

@@ -4,6 +4,7 @@
 
     tlprobes run rotation_angles --out runs/angles      # a suite by name (probes/) or path
     tlprobes run probes/geometry.toml --model gpt2-xl --batch-size 8 --device cuda
+    tlprobes run procrustes --model gpt2 --second-model path/to/hf_dir
     tlprobes list
     tlprobes render runs/angles
 """
@@ -24,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a suite and write a run directory with report.html")
     run.add_argument("suite", help="suite name (see `tlprobes list`) or path to a .toml file")
     run.add_argument("--model", help="model name or local HF directory (default: the suite's)")
+    run.add_argument("--second-model", help="second model for two-model studies (procrustes)")
     run.add_argument("--out", help="output directory (default: runs/<suite name>)")
     run.add_argument("--batch-size", type=int, help="prompts per forward pass")
     run.add_argument("--device", help="cpu, cuda, cuda:1, mps ...")
@@ -56,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.quiet:
             os.environ["TQDM_DISABLE"] = "1"
-        run_suite(args.suite, out=args.out, model=args.model, batch_size=args.batch_size,
+        run_suite(args.suite, out=args.out, model=args.model, second_model=args.second_model,
+                  batch_size=args.batch_size,
                   device=args.device, save_arrays=args.save_arrays, quiet=args.quiet)
         return 0
     except TLProbesError as err:
