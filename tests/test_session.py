@@ -107,3 +107,18 @@ def test_explicit_positions_count_valid_tokens(model):
             valid = mask[b].nonzero().flatten()
             assert pos[b].tolist() == [valid[0].item(), valid[-1].item()]
         assert toks.gather(1, pos[:, :1]).flatten().tolist() == [toks[b, mask[b]][0].item() for b in range(4)]
+
+
+def test_one_probe_instance_serves_two_models_at_once(model):
+    """Probes are configuration only: resolved layers live in each session, not on the probe."""
+    other = tp.load_model("default")  # 4 layers; the test model has 3
+    probe = tp.Attention(layers=[-1], heads=[0])
+    comps = tp.Components(layers=[0, -1])
+    with tp.attach(model, probe, comps) as s1, tp.attach(other, probe, comps) as s2:
+        model(PROMPTS[:1])
+        other(["Mary saw her brother."])
+    assert s1.result.attention.layers == (model.cfg.n_layers - 1,)
+    assert s2.result.attention.layers == (other.cfg.n_layers - 1,)
+    assert s1.result.components.layers == (0, model.cfg.n_layers - 1)
+    assert s2.result.components.layers == (0, other.cfg.n_layers - 1)
+    assert s2.result.components.attn_out.shape[-1] == other.cfg.d_model

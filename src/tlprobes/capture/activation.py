@@ -60,29 +60,35 @@ class Activation(Probe):
         if self.site in ("pattern",):
             raise SiteError("use tp.Attention for attention patterns (site 'pattern')")
 
+    def _rows(self, adapter: Adapter) -> tuple[int, ...]:
+        """The layers this probe reads (one row, 0, for a global site or a raw hook name)."""
+        if self.site in LAYER_SITES:
+            return adapter.layers(self.layers)
+        return (0,)
+
     def plan(self, adapter: Adapter) -> list[tuple[str, int | None]]:
+        if self.site in LAYER_SITES:
+            return [(self.site, l) for l in self._rows(adapter)]
         if self.site in SITES:
-            if self.site in LAYER_SITES:
-                layers = adapter.layers(self.layers)
-                object.__setattr__(self, "_layers", layers)
-                return [(self.site, l) for l in layers]
-            object.__setattr__(self, "_layers", (0,))
             return [(self.site, None)]
         adapter.raw_hook_point(self.site)  # validate the name now
-        object.__setattr__(self, "_layers", (0,))
         return [("@" + self.site, None)]
+
+    def new_batch(self, ctx: BatchContext) -> dict[Any, Any]:
+        return {"layers": self._rows(ctx.adapter)}
 
     def on_activation(
         self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
-        layers = self._layers  # type: ignore[attr-defined]
+        layers = scratch["layers"]
         index = layers.index(layer) if layer is not None else 0
         ctx.put(scratch, "values", index, len(layers), ctx.select(t, self.positions))
 
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         pos, valid = ctx.positions(self.positions)
-        rows = len(self._layers)  # type: ignore[attr-defined]
-        return {"values": ctx.take(scratch, "values", rows, self.name), "positions": pos, "mask": valid}
+        layers = scratch["layers"]
+        return {"values": ctx.take(scratch, "values", len(layers), self.name), "positions": pos,
+                "mask": valid, "layers": layers}
 
     def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
         return cat_pieces(
@@ -98,5 +104,5 @@ class Activation(Probe):
             meta=meta,
             values=piece["values"],
             site=self.site,
-            layers=self._layers,  # type: ignore[attr-defined]
+            layers=piece["layers"],
         )

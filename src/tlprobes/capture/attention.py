@@ -86,36 +86,42 @@ class Attention(Probe):
     heads: Any = None
     name: str = "attention"
 
-    def plan(self, adapter: Adapter) -> list[tuple[str, int | None]]:
+    def _resolve(self, adapter: Adapter) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Validated (layers, heads) for this model."""
         layers = adapter.layers(self.layers)
         if self.heads is None:
-            heads: tuple[int, ...] = tuple(range(adapter.n_heads))
-        else:
-            raw = [self.heads] if isinstance(self.heads, int) else list(self.heads)
-            heads = []
-            for h in raw:
-                if not isinstance(h, int) or not -adapter.n_heads <= h < adapter.n_heads:
-                    raise HeadError(
-                        f"head {h!r} is out of range for {adapter.meta.model_name} with "
-                        f"{adapter.n_heads} heads per layer; valid: 0..{adapter.n_heads - 1}"
-                    )
-                heads.append(h % adapter.n_heads)
-            heads = tuple(dict.fromkeys(heads))
-        object.__setattr__(self, "_layers", layers)
-        object.__setattr__(self, "_heads", heads)
+            return layers, tuple(range(adapter.n_heads))
+        raw = [self.heads] if isinstance(self.heads, int) else list(self.heads)
+        heads = []
+        for h in raw:
+            if not isinstance(h, int) or not -adapter.n_heads <= h < adapter.n_heads:
+                raise HeadError(
+                    f"head {h!r} is out of range for {adapter.meta.model_name} with "
+                    f"{adapter.n_heads} heads per layer; valid: 0..{adapter.n_heads - 1}"
+                )
+            heads.append(h % adapter.n_heads)
+        return layers, tuple(dict.fromkeys(heads))
+
+    def plan(self, adapter: Adapter) -> list[tuple[str, int | None]]:
+        layers, _ = self._resolve(adapter)
         return [("pattern", l) for l in layers]
+
+    def new_batch(self, ctx: BatchContext) -> dict[Any, Any]:
+        layers, heads = self._resolve(ctx.adapter)
+        return {"layers": layers, "heads": heads}
 
     def on_activation(
         self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
-        heads, layers = self._heads, self._layers  # type: ignore[attr-defined]
+        heads, layers = scratch["heads"], scratch["layers"]
         if len(heads) != t.shape[1]:
             t = t[:, list(heads)]
         ctx.put(scratch, "pattern", layers.index(layer), len(layers), t)
 
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
-        layers = self._layers  # type: ignore[attr-defined]
-        return {"pattern": ctx.take(scratch, "pattern", len(layers), self.name)}
+        layers = scratch["layers"]
+        return {"pattern": ctx.take(scratch, "pattern", len(layers), self.name), "layers": layers,
+                "heads": scratch["heads"]}
 
     def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
         return cat_pieces(pieces, {"pattern": (1, (3, 4), 0.0)})
@@ -123,8 +129,8 @@ class Attention(Probe):
     def finalize(self, piece: dict[Any, Any], inputs: Inputs, meta: Meta) -> AttentionCapture:
         return AttentionCapture(
             pattern=piece["pattern"],
-            layers=self._layers,  # type: ignore[attr-defined]
-            heads=self._heads,  # type: ignore[attr-defined]
+            layers=piece["layers"],
+            heads=piece["heads"],
             inputs=inputs,
             meta=meta,
         )

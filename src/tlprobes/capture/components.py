@@ -59,20 +59,21 @@ class Components(Probe):
         object.__setattr__(self, "parts", parts)
 
     def plan(self, adapter: Adapter) -> list[tuple[str, int | None]]:
-        layers = adapter.layers(self.layers)
-        object.__setattr__(self, "_layers", layers)
-        return [(p, l) for l in layers for p in self.parts]
+        return [(p, l) for l in adapter.layers(self.layers) for p in self.parts]
+
+    def new_batch(self, ctx: BatchContext) -> dict[Any, Any]:
+        return {"layers": ctx.adapter.layers(self.layers)}
 
     def on_activation(
         self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
-        layers = self._layers  # type: ignore[attr-defined]
+        layers = scratch["layers"]
         ctx.put(scratch, site, layers.index(layer), len(layers), ctx.select(t, self.positions))
 
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
-        layers = self._layers  # type: ignore[attr-defined]
+        layers = scratch["layers"]
         pos, valid = ctx.positions(self.positions)
-        out: dict[str, Any] = {"positions": pos, "mask": valid}
+        out: dict[str, Any] = {"positions": pos, "mask": valid, "layers": layers}
         for p in _PARTS:
             out[p] = ctx.take(scratch, p, len(layers), self.name) if p in self.parts else None
         return out
@@ -96,5 +97,5 @@ class Components(Probe):
             meta=meta,
             attn_out=piece["attn_out"],
             mlp_out=piece["mlp_out"],
-            layers=self._layers,  # type: ignore[attr-defined]
+            layers=piece["layers"],
         )
