@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import PROMPTS, hook_snapshot
 
@@ -122,3 +123,29 @@ def test_one_probe_instance_serves_two_models_at_once(model):
     assert s1.result.components.layers == (0, model.cfg.n_layers - 1)
     assert s2.result.components.layers == (0, other.cfg.n_layers - 1)
     assert s2.result.components.attn_out.shape[-1] == other.cfg.d_model
+
+
+@pytest.mark.parametrize("offset", [0, -1, -3, 1])
+def test_single_token_fast_path_equals_the_general_path(offset):
+    """One-token targets are resolved with tensor ops; the per-row path must agree with them."""
+    from tlprobes.capture._positions import resolve_positions
+
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(10, 50, (6, 12), generator=gen)
+    lengths = [12, 9, 7, 12, 5, 10]
+    for side in ("right", "left"):
+        mask = torch.zeros(6, 12, dtype=torch.bool)
+        for b, n in enumerate(lengths):
+            mask[b, :n] = side == "right"
+            if side == "left":
+                mask[b, 12 - n :] = True
+        toks = tokens.clone()
+        for b, n in enumerate(lengths):  # plant token 7 once, at the 4th real token
+            toks[b, mask[b].nonzero().flatten()[3]] = 7
+        fast = resolve_positions(tp.Target(7, offset=offset), toks, mask)
+        slow = resolve_positions(tp.Target(7, offset=offset, occurrence="all"), toks, mask)
+        assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+        if offset == 0:
+            assert (toks.gather(1, fast[0])[:, 0] == 7).all()
+    with pytest.raises(tp.PositionError, match="falls outside"):
+        resolve_positions(tp.Target(7, offset=-4), toks, mask)

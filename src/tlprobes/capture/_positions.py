@@ -110,6 +110,39 @@ def _find(seq: list[int], sub: list[int]) -> list[int]:
     return [i + n - 1 for i in range(len(seq) - n + 1) if seq[i : i + n] == sub]
 
 
+def _single_token(
+    spec: Target, token: int, tokens: Tensor, mask: Tensor, where: Any
+) -> tuple[Tensor, Tensor]:
+    """The fast path of :func:`resolve_positions` for a one-token target (e.g. ``" her"``)."""
+    batch, seq = tokens.shape
+    hit = (tokens == token) & mask
+    found = hit.any(1)
+    if not found.all():
+        b = int((~found).nonzero()[0])
+        raise PositionError(
+            f"target {spec.word!r} (token ids {[token]}) is absent from {where(b)}; "
+            "check the leading space (' her' vs 'her') or the tokenisation"
+        )
+    ar = torch.arange(seq).expand(batch, seq)
+    first = torch.where(hit, ar, seq).min(1).values
+    last = torch.where(hit, ar, -1).max(1).values
+    end = first if spec.occurrence == "first" else last
+    # offsets count real tokens, so padding in between never shifts them
+    rank = mask.long().cumsum(1).gather(1, end[:, None]) - 1 + spec.offset
+    n_valid = mask.sum(1, keepdim=True)
+    bad = (rank < 0) | (rank >= n_valid)
+    if bad.any():
+        b = int(bad.flatten().nonzero()[0])
+        raise PositionError(
+            f"offset {spec.offset} from target {spec.word!r} at valid position "
+            f"{int(rank[b]) - spec.offset} falls outside {where(b)} (valid positions "
+            f"0..{int(n_valid[b]) - 1})"
+        )
+    order = torch.where(mask, ar, seq).sort(dim=1).values  # valid positions first, in order
+    pos = order.gather(1, rank)
+    return pos, torch.ones_like(pos, dtype=torch.bool)
+
+
 def resolve_positions(
     spec: PositionSpec,
     tokens: Int[Tensor, "batch seq"],
@@ -130,11 +163,18 @@ def resolve_positions(
         pos = torch.arange(seq).expand(batch, seq).clone()
         return pos.masked_fill(~mask, -1), mask.clone()
 
-    valid_idx = [mask[b].nonzero().flatten().tolist() for b in range(batch)]
-    rows: list[list[int]] = []
-
     def where(b: int) -> str:
         return describe(b) if describe is not None else f"prompt {b}"
+
+    if isinstance(spec, Target) and spec.occurrence != "all":
+        sub = [spec.word] if isinstance(spec.word, int) else None
+        if sub is None and encode_word is not None:
+            sub = encode_word(spec.word)
+        if sub is not None and len(sub) == 1:  # one token: vectorised, no per-row Python
+            return _single_token(spec, sub[0], tokens, mask, where)
+
+    valid_idx = [mask[b].nonzero().flatten().tolist() for b in range(batch)]
+    rows: list[list[int]] = []
 
     if isinstance(spec, str) and spec == "last":
         for b in range(batch):
