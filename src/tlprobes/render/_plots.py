@@ -272,13 +272,11 @@ def plot_scree(
             ax.plot(x, r, color=color, marker="o", markersize=3, label=name)
             if cumulative:
                 ax.plot(x, np.cumsum(r), color=color, linestyle="--", label=f"{name} (cumulative)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("component")
-    ax.set_ylabel("explained variance ratio")
-    if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize="small")
+    _finish(ax, "component", "explained variance ratio", title)
     return fig
 
 

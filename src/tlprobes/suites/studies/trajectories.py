@@ -86,7 +86,12 @@ class Trajectories:
         out.tables["steps_by_group"] = pd.DataFrame(rows)
         out.view_data["group_means"] = torch.as_tensor(
             np.asarray(ss.group_means)).float()
-        out.view_data["explained"] = torch.as_tensor(ss.pca.explained_variance_ratio).float()
+        # the scree of the same (word, layer) rows the common basis was fitted on, 20 components
+        from tlprobes.analysis import pca
+
+        rows = r.resid[:, np.arange(len(slots)), slots].flatten(0, 1).double().numpy()
+        scree = pca(rows, min(20, *rows.shape))
+        out.view_data["explained"] = torch.as_tensor(scree.explained_variance_ratio).float()
         out.facts.update({"groups": list(ss.groups), "n_items": len(prompts),
                           "n_layers": r.n_layers,
                           "counts": {g: int((groups == g).sum()) for g in ss.groups}})
