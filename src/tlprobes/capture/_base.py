@@ -71,7 +71,7 @@ class BatchContext:
             )
         return self._positions[key]
 
-    def select(self, t: Tensor, spec: PositionSpec, *, pos_dim: int = 1) -> Tensor:
+    def select(self, t: Tensor, spec: PositionSpec) -> Tensor:
         """Keep only the selected positions of ``t`` (``[batch, seq, ...]`` -> ``[batch, k, ...]``)."""
         if isinstance(spec, str) and spec == "all":
             return t
@@ -81,10 +81,8 @@ class BatchContext:
             pos, _ = self.positions(spec)
             idx = pos.clamp(min=0).to(t.device)
             self._index[key] = idx
-        if pos_dim == 1:
-            gather = idx.view(*idx.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
-            return t.gather(1, gather)
-        raise NotImplementedError(pos_dim)
+        gather = idx.view(*idx.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
+        return t.gather(1, gather)
 
     def store(self, t: Tensor) -> Tensor:
         """Detach and move a capture to where results live (CPU by default)."""
