@@ -3,6 +3,8 @@ recorded. They skip (saying why) only where Chromium or playwright-python is mis
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,8 @@ from tlprobes.render import (
 )
 
 pytestmark = pytest.mark.browser
-SHOTS = Path("/tmp/tlprobes_shots")
+# screenshots to look at; TLPROBES_SHOTS overrides the folder
+SHOTS = Path(os.environ.get("TLPROBES_SHOTS", Path(tempfile.gettempdir()) / "tlprobes_shots"))
 NOSPACE = "<img/src=x/onerror=alert(2)>"  # survives circuitsvis's space -> &nbsp; replacement
 TOKENS = ["<bos>", "When", PAYLOAD, NOSPACE, " John", "<pad>"]
 MASK = np.array([1, 1, 1, 1, 1, 0], dtype=bool)
