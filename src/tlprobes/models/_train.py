@@ -10,7 +10,7 @@ or from Python (a tiny run, for tests)::
 
     >>> from tlprobes.models._train import TrainConfig, train_default   # doctest: +SKIP
     >>> cfg = TrainConfig(seed=0, steps=5, n_train_docs=200)            # doctest: +SKIP
-    >>> card = train_default(cfg, "/tmp/tiny")                          # doctest: +SKIP
+    >>> card = train_default(cfg, "runs/tiny_model")                          # doctest: +SKIP
     >>> card["heldout_loss"] < card["unigram_loss"]                     # doctest: +SKIP
     True
 
@@ -512,21 +512,21 @@ def write_model_card(model_dirs: Sequence[str | Path], path: str | Path) -> str:
         f"(averaged over P in {cards[0]['head_scores']['induction_periods']}).",
         "",
     ]
-    if not any(c["induction_heads"] for c in cards):
-        best = max(max(max(r) for r in c["head_scores"]["induction"]) for c in cards)
-        lines += [
-            f"**No head reaches the induction threshold** (best score {best:.2f}): at this",
+    # (score key, label, what follows the best score): one paragraph per kind no head reaches
+    missing = [
+        ("induction", "induction", [
+            ": at this",
             "training budget the models have not (yet) formed induction heads, and copying a",
             "random block barely lowers the loss on its second copy. Do not use these models as",
             "examples of induction circuits.",
-            "",
-        ]
-    if not any(c["prev_token_heads"] for c in cards):
-        best = max(max(max(r) for r in c["head_scores"]["prev_token"]) for c in cards)
-        lines += [
-            f"**No head reaches the previous-token threshold** (best score {best:.2f}).",
-            "",
-        ]
+        ]),
+        ("prev_token", "previous-token", ["."]),
+    ]
+    for kind, label, tail in missing:
+        if not any(c[f"{kind}_heads"] for c in cards):
+            best = max(max(max(r) for r in c["head_scores"][kind]) for c in cards)
+            head = f"**No head reaches the {label} threshold** (best score {best:.2f})"
+            lines += [head + tail[0], *tail[1:], ""]
     for c in cards:
         lines += [
             f"## `{c['name']}`: per-head scores",
