@@ -55,6 +55,24 @@ def test_permutation_p_value(A):
     np.testing.assert_array_equal(again.null, res.null)
 
 
+@pytest.mark.parametrize("compare", ["spearman", "pearson"])
+def test_null_draws_match_scipy_on_explicitly_permuted_rdms(A, compare):
+    """Each null draw is scipy's correlation of the strict upper triangles after permuting the
+    items of Y's RDM, with the permutations the seeded generator hands out in order."""
+    B = A + np.random.default_rng(6).normal(size=A.shape) * 2
+    B[:4] = B[4]  # ties in Y's RDM (zero distances), which the ranks must handle
+    res = rsa(A, B, compare=compare, n_perm=25, seed=9)
+    iu = np.triu_indices(30, 1)
+    Da, Db = squareform(pdist(A, "cosine")), squareform(pdist(B, "cosine"))
+    corr = spearmanr if compare == "spearman" else pearsonr
+    rng = np.random.default_rng(9)
+    want = []
+    for _ in range(25):
+        p = rng.permutation(30)
+        want.append(corr(Da[iu], Db[p][:, p][iu]).statistic)
+    np.testing.assert_allclose(res.null, want, rtol=0, atol=1e-12)
+
+
 def test_rsa_against_rsatoolbox(A):
     rsatoolbox = pytest.importorskip("rsatoolbox")
     B = A + np.random.default_rng(5).normal(size=A.shape)

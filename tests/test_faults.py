@@ -128,6 +128,30 @@ def test_bad_input_errors(model):
                         lambda: tp.run(model, PROMPTS, tp.Residual(positions=[40])))
 
 
+
+def test_token_tensor_input_errors_and_equivalence(model):
+    """An unpadded id tensor takes a fast path (row slices, tensor checks); it must give the same
+    captures as the same ids as lists, and the same errors."""
+    ids = model.to_tokens(PROMPTS[:1])
+    ids = ids.repeat(3, 1)
+    ids[1, -1], ids[2, 0] = 5, 7
+    fast = tp.run(model, ids, tp.Residual(positions=tp.Target(int(ids[0, 2]))), batch_size=2)
+    slow = tp.run(model, ids.tolist(), tp.Residual(positions=tp.Target(int(ids[0, 2]))), batch_size=2)
+    assert torch.equal(fast.residual.resid, slow.residual.resid)
+    assert torch.equal(fast.inputs.tokens, slow.inputs.tokens)
+    bad = ids.clone()
+    bad[2, 1] = model.cfg.d_vocab
+    err = _assert_clean_error(model, tp.InputError, "outside the vocabulary",
+                              lambda: tp.run(model, bad, tp.Residual()))
+    assert "prompt 2" in str(err) and str(model.cfg.d_vocab) in str(err)
+    long = torch.zeros((1, model.cfg.n_ctx + 1), dtype=torch.long)
+    err = _assert_clean_error(model, tp.InputError, "longer than", lambda: tp.run(model, long, tp.Residual()))
+    assert str(model.cfg.n_ctx) in str(err)
+    _assert_clean_error(model, tp.InputError, "LongTensor",
+                        lambda: tp.run(model, ids.float(), tp.Residual()))
+    _assert_clean_error(model, tp.InputError, "empty",
+                        lambda: tp.run(model, ids[:, :0], tp.Residual()))
+
 def _attach_absent(model):
     with tp.attach(model, tp.Attention(), tp.Residual(positions=tp.Target(" zebra"))):
         model(PROMPTS)

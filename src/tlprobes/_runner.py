@@ -138,7 +138,38 @@ def run(
     if padding_side not in _SIDES:
         raise InputError(f"unknown padding_side {padding_side!r}; valid: 'right', 'left'")
     session = Session(model, probes, device=device, dtype=dtype)  # validates probes first
-    seqs, texts = _as_sequences(adapter, prompts, attention_mask, prepend_bos)
+    model_device = adapter.meta.device
+    if isinstance(prompts, Tensor) and attention_mask is None and prompts.dim() == 2:
+        # unpadded token ids: batches are row slices, checked with tensor ops (no per-token Python)
+        tokens_all = _check_token_tensor(adapter, prompts)
+        starts = range(0, tokens_all.shape[0], batch_size)
+
+        def batch(start: int) -> tuple[Tensor, Tensor, list[str] | None]:
+            tokens = tokens_all[start : start + batch_size]
+            return tokens, torch.ones(tokens.shape, dtype=torch.long, device=tokens.device), None
+    else:
+        seqs, texts = _as_sequences(adapter, prompts, attention_mask, prepend_bos)
+        _check_sequences(adapter, seqs, texts)
+        pad_id = adapter.pad_token_id()
+        starts = range(0, len(seqs), batch_size)
+
+        def batch(start: int) -> tuple[Tensor, Tensor, list[str] | None]:
+            tokens, mask = pad_sequences(seqs[start : start + batch_size], pad_id=pad_id, side=padding_side)
+            return tokens, mask.long(), texts[start : start + batch_size] if texts else None
+
+    show = progress if progress is not None else len(starts) > 1
+    from tqdm.auto import tqdm
+
+    with session, torch.no_grad():
+        for start in tqdm(starts, disable=not show, desc="tlprobes", unit="batch"):
+            tokens, mask, session.next_prompts = batch(start)
+            model(tokens.to(model_device), attention_mask=mask.to(model_device), **forward_kwargs)
+    if session.n_batches != len(starts):  # pragma: no cover - defensive
+        raise TLProbesError(f"expected {len(starts)} batches, captured {session.n_batches}")
+    return session.result
+
+
+def _check_sequences(adapter: Adapter, seqs: list[list[int]], texts: list[str] | None) -> None:
     for i, s in enumerate(seqs):
         if len(s) == 0:
             raise InputError(f"prompt {i} is empty")
@@ -153,22 +184,30 @@ def run(
             raise InputError(
                 f"prompt {i} holds token id {bad[0]}, outside the vocabulary 0..{adapter.d_vocab - 1}"
             )
-    pad_id = adapter.pad_token_id()
-    starts = range(0, len(seqs), batch_size)
-    show = progress if progress is not None else len(starts) > 1
-    from tqdm.auto import tqdm
 
-    model_device = adapter.meta.device
-    with session, torch.no_grad():
-        for start in tqdm(starts, disable=not show, desc="tlprobes", unit="batch"):
-            chunk = seqs[start : start + batch_size]
-            tokens, mask = pad_sequences(chunk, pad_id=pad_id, side=padding_side)
-            session.next_prompts = texts[start : start + batch_size] if texts else None
-            model(
-                tokens.to(model_device),
-                attention_mask=mask.to(model_device).long(),
-                **forward_kwargs,
-            )
-    if session.n_batches != len(starts):  # pragma: no cover - defensive
-        raise TLProbesError(f"expected {len(starts)} batches, captured {session.n_batches}")
-    return session.result
+
+def _check_token_tensor(adapter: Adapter, tokens: Tensor) -> Tensor:
+    """The same checks as :func:`_check_sequences`, for an unpadded ``[batch, pos]`` id tensor."""
+    if tokens.is_floating_point() or tokens.dtype == torch.bool:
+        raise InputError(
+            f"token input must be a LongTensor [batch, pos], got dtype {tokens.dtype} and shape "
+            f"{tuple(tokens.shape)}"
+        )
+    batch, seq = tokens.shape
+    if batch == 0:
+        raise InputError("prompts must be non-empty; got a token tensor with 0 rows")
+    if seq == 0:
+        raise InputError("prompt 0 is empty")
+    if seq > adapter.n_ctx:
+        raise InputError(
+            f"prompt 0 is {seq} tokens long, longer than the model's context of {adapter.n_ctx} "
+            "tokens (n_ctx); shorten or split it"
+        )
+    bad = (tokens < 0) | (tokens >= adapter.d_vocab)
+    if bad.any():
+        i, j = (int(v) for v in bad.nonzero()[0])
+        raise InputError(
+            f"prompt {i} holds token id {int(tokens[i, j])}, outside the vocabulary "
+            f"0..{adapter.d_vocab - 1}"
+        )
+    return tokens.long()

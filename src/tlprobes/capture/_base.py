@@ -50,7 +50,7 @@ class BatchContext:
         self.store_dtype = store_dtype
         self.prompts = prompts
         self._positions: dict[Any, tuple[Tensor, Tensor]] = {}
-        self._index: dict[tuple[Any, torch.device], Tensor] = {}
+        self._index: dict[tuple[Any, torch.device, torch.Size], Tensor] = {}
         self._async = False
 
     def describe(self, b: int) -> str:
@@ -71,18 +71,40 @@ class BatchContext:
             )
         return self._positions[key]
 
-    def select(self, t: Tensor, spec: PositionSpec) -> Tensor:
-        """Keep only the selected positions of ``t`` (``[batch, seq, ...]`` -> ``[batch, k, ...]``)."""
-        if isinstance(spec, str) and spec == "all":
-            return t
-        key = (spec if not isinstance(spec, list) else tuple(spec), t.device)
+    def _gather_index(self, t: Tensor, spec: PositionSpec) -> Tensor:
+        """The ``gather`` index along dim 1 of ``t`` for a selector (cached per batch and device)."""
+        key = (spec if not isinstance(spec, list) else tuple(spec), t.device, t.shape[2:])
         idx = self._index.get(key)
         if idx is None:
             pos, _ = self.positions(spec)
             idx = pos.clamp(min=0).to(t.device)
+            idx = idx.view(*idx.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
             self._index[key] = idx
-        gather = idx.view(*idx.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
-        return t.gather(1, gather)
+        return idx
+
+    def select(self, t: Tensor, spec: PositionSpec) -> Tensor:
+        """Keep only the selected positions of ``t`` (``[batch, seq, ...]`` -> ``[batch, k, ...]``)."""
+        if isinstance(spec, str) and spec == "all":
+            return t
+        return t.gather(1, self._gather_index(t, spec))
+
+    def put_selected(
+        self, scratch: dict[Any, Any], key: str, index: int, rows: int, t: Tensor, spec: PositionSpec
+    ) -> None:
+        """``put(scratch, key, index, rows, select(t, spec))``, gathering straight into the buffer
+        row (one kernel instead of a gather and a copy) when the buffer sits on ``t``'s device in
+        ``t``'s dtype. The hot path of every position-selected capture."""
+        buf = scratch.get(key)
+        if (
+            buf is None
+            or buf.device != t.device
+            or buf.dtype != t.dtype
+            or (isinstance(spec, str) and spec == "all")
+        ):
+            self.put(scratch, key, index, rows, self.select(t, spec))
+            return
+        torch.gather(t.detach(), 1, self._gather_index(t, spec), out=buf[index])
+        scratch[key + "/filled"].add(index)
 
     def store(self, t: Tensor) -> Tensor:
         """Detach and move a capture to where results live (CPU by default)."""

@@ -82,7 +82,7 @@ class Activation(Probe):
     ) -> None:
         layers = scratch["layers"]
         index = layers.index(layer) if layer is not None else 0
-        ctx.put(scratch, "values", index, len(layers), ctx.select(t, self.positions))
+        ctx.put_selected(scratch, "values", index, len(layers), t, self.positions)
 
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         pos, valid = ctx.positions(self.positions)

@@ -68,7 +68,7 @@ class Components(Probe):
         self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
         layers = scratch["layers"]
-        ctx.put(scratch, site, layers.index(layer), len(layers), ctx.select(t, self.positions))
+        ctx.put_selected(scratch, site, layers.index(layer), len(layers), t, self.positions)
 
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         layers = scratch["layers"]

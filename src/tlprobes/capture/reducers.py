@@ -79,52 +79,34 @@ class Steps(Probe):
         sites.append(("resid_post", n - 1))
         return sites
 
-    def new_batch(self, ctx: BatchContext) -> dict[Any, Any]:
-        return {}
-
     def on_activation(
         self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
+        # Every quantity is a dot product among x_l, x_(l-1), attn_out and mlp_out: the hook only
+        # writes one float64 Gram matrix per token (3 kernels), and end_batch turns all layers'
+        # Gram matrices into angles, lengths and the attention/MLP split at once.
         x = ctx.select(t, self.positions)
         if site in ("attn_out", "mlp_out"):
             scratch[site] = x
             return
         n = ctx.adapter.n_layers
         idx = n if site == "resid_post" else int(layer)  # type: ignore[arg-type]
-        rows = scratch.get("rows")
-        if rows is None:  # one [field, state, batch, k] float64 buffer, on the model's device
-            rows = scratch["rows"] = torch.full(
-                (len(_FIELDS), n + 1, *x.shape[:2]), float("nan"), dtype=torch.float64, device=x.device
+        gram = scratch.get("gram")
+        if gram is None:  # [state, batch, k, v, v] for v = (x_l, x_(l-1), attn_out, mlp_out)
+            v = 4 if self.components else 2
+            gram = scratch["gram"] = torch.full(
+                (n + 1, *x.shape[:2], v, v), float("nan"), dtype=torch.float64, device=x.device
             )
             scratch["seen"] = set()
         prev = scratch.get("x")
         if prev is None:
-            rows[_FIELDS.index("norm"), idx] = x.double().norm(dim=-1)
+            gram[idx, ..., 0, 0] = x.double().pow(2).sum(-1)
         else:
-            # every quantity is a dot product among x_l, x_(l-1) (and attn_out, mlp_out): one Gram
-            # matrix per token in float64 replaces ~20 small kernels per hook
             vecs = [x, prev]
             if self.components:
                 vecs += [scratch.pop("attn_out"), scratch.pop("mlp_out")]
             V = torch.stack(vecs, dim=-2).double()
-            G = V @ V.transpose(-1, -2)
-            xx, pp, xp = G[..., 0, 0], G[..., 1, 1], G[..., 0, 1]
-            l = idx - 1
-            cos = (xp / (xx * pp).sqrt()).clamp(-1, 1)
-            # 2*atan2(|u^-v^|, |u^+v^|) with |u^-+v^|^2 = 2 -+ 2cos: stable at 0 and 180 degrees
-            rows[_FIELDS.index("angle"), l] = torch.rad2deg(
-                2 * torch.atan2((2 - 2 * cos).clamp(min=0).sqrt(), (2 + 2 * cos).clamp(min=0).sqrt())
-            )
-            step = (xx + pp - 2 * xp).clamp(min=0).sqrt()
-            rows[_FIELDS.index("step"), l] = step
-            rows[_FIELDS.index("norm"), idx] = xx.sqrt()
-            if self.components:
-                aa, mm, am = G[..., 2, 2], G[..., 3, 3], G[..., 2, 3]
-                rows[_FIELDS.index("attn_proj"), l] = (G[..., 2, 0] - G[..., 2, 1]) / step
-                rows[_FIELDS.index("mlp_proj"), l] = (G[..., 3, 0] - G[..., 3, 1]) / step
-                rows[_FIELDS.index("attn_norm"), l] = aa.sqrt()
-                rows[_FIELDS.index("mlp_norm"), l] = mm.sqrt()
-                rows[_FIELDS.index("attn_mlp_cos"), l] = am / (aa * mm).sqrt()
+            torch.matmul(V, V.transpose(-1, -2), out=gram[idx])
         scratch["seen"].add(idx)
         scratch["x"] = x
 
@@ -132,14 +114,32 @@ class Steps(Probe):
         n = ctx.adapter.n_layers
         if len(scratch.get("seen", ())) != n + 1:
             self._stack({}, [("state", l) for l in range(n + 1)], self.name)  # raises: incomplete
-        rows = ctx.store(scratch["rows"])  # one transfer per batch
+        G = scratch["gram"]
+        xx, pp, xp = G[1:, ..., 0, 0], G[1:, ..., 1, 1], G[1:, ..., 0, 1]
+        cos = (xp / (xx * pp).sqrt()).clamp(-1, 1)
+        step = (xx + pp - 2 * xp).clamp(min=0).sqrt()
+        fields: dict[str, Tensor] = {
+            # 2*atan2(|u^-v^|, |u^+v^|) with |u^-+v^|^2 = 2 -+ 2cos: stable at 0 and 180 degrees
+            "angle": torch.rad2deg(
+                2 * torch.atan2((2 - 2 * cos).clamp(min=0).sqrt(), (2 + 2 * cos).clamp(min=0).sqrt())
+            ),
+            "step": step,
+            "norm": G[:, ..., 0, 0].sqrt(),
+        }
+        if self.components:
+            aa, mm, am = G[1:, ..., 2, 2], G[1:, ..., 3, 3], G[1:, ..., 2, 3]
+            fields["attn_proj"] = (G[1:, ..., 2, 0] - G[1:, ..., 2, 1]) / step
+            fields["mlp_proj"] = (G[1:, ..., 3, 0] - G[1:, ..., 3, 1]) / step
+            fields["attn_norm"] = aa.sqrt()
+            fields["mlp_norm"] = mm.sqrt()
+            fields["attn_mlp_cos"] = am / (aa * mm).sqrt()
         pos, valid = ctx.positions(self.positions)
-        out: dict[str, Any] = {"positions": pos, "mask": valid, "norm": rows[_FIELDS.index("norm")]}
-        for key in _FIELDS:
-            if key == "norm":
-                continue
-            wanted = key in ("angle", "step") or self.components
-            out[key] = rows[_FIELDS.index(key), :n] if wanted else None
+        out: dict[str, Any] = {"positions": pos, "mask": valid}
+        out.update({key: fields.get(key) for key in _FIELDS})
+        per_layer = [key for key in _FIELDS if out[key] is not None and key != "norm"]
+        moved = ctx.store(torch.stack([out[key] for key in per_layer]))  # one transfer per batch
+        out.update(zip(per_layer, moved))
+        out["norm"] = ctx.store(out["norm"])
         return out
 
     def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:

@@ -86,15 +86,13 @@ class Residual(Probe):
         self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
         n = ctx.adapter.n_layers
-        x = ctx.select(t, self.positions)
-        if site == "resid_post":
-            if self.final_state == "ln_f":
-                x = ctx.adapter.ln_final(x)
-            ctx.put(scratch, "resid", n, n + 1, x)
-        elif site == "resid_pre":
-            ctx.put(scratch, "resid", int(layer), n + 1, x)  # type: ignore[arg-type]
+        if site == "resid_post" and self.final_state == "ln_f":
+            ctx.put(scratch, "resid", n, n + 1, ctx.adapter.ln_final(ctx.select(t, self.positions)))
+        elif site in ("resid_pre", "resid_post"):
+            idx = n if site == "resid_post" else int(layer)  # type: ignore[arg-type]
+            ctx.put_selected(scratch, "resid", idx, n + 1, t, self.positions)
         else:
-            ctx.put(scratch, "mid", int(layer), n, x)  # type: ignore[arg-type]
+            ctx.put_selected(scratch, "mid", int(layer), n, t, self.positions)  # type: ignore[arg-type]
 
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         n = ctx.adapter.n_layers
