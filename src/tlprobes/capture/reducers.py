@@ -194,19 +194,21 @@ class ResidualMean(Probe):
     def on_activation(
         self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
-        idx = ctx.adapter.n_layers if site == "resid_post" else layer
+        n = ctx.adapter.n_layers
+        idx = n if site == "resid_post" else int(layer)  # type: ignore[arg-type]
         _, valid = ctx.positions(self.positions)
         x = ctx.select(t, self.positions).double()
         w = valid.to(x.device, x.dtype).unsqueeze(-1)
-        scratch[("sum", idx)] = ctx.store((x * w).sum((0, 1)))
-        scratch[("sq", idx)] = ctx.store((x.pow(2) * w).sum((0, 1, 2)))
+        # into per-batch buffers (pinned and asynchronous on a GPU): no host sync inside the pass
+        ctx.put(scratch, "sum", idx, n + 1, (x * w).sum((0, 1)))
+        ctx.put(scratch, "sq", idx, n + 1, (x.pow(2) * w).sum((0, 1, 2)))
 
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         n = ctx.adapter.n_layers
         _, valid = ctx.positions(self.positions)
         return {
-            "sum": self._stack(scratch, [("sum", l) for l in range(n + 1)], self.name),
-            "sum_sq_norm": self._stack(scratch, [("sq", l) for l in range(n + 1)], self.name),
+            "sum": ctx.take(scratch, "sum", n + 1, self.name),
+            "sum_sq_norm": ctx.take(scratch, "sq", n + 1, self.name),
             "count": torch.tensor(int(valid.sum())),
         }
 
