@@ -38,6 +38,37 @@ def test_attach_captures_the_users_own_call(model):
         2, (mask.sum(1) - 1).view(1, -1, 1, 1).expand(res.residual.resid.shape[0], -1, 1, model.cfg.d_model)))
 
 
+
+def test_logit_lens_runs_after_the_model_call_returns(model):
+    """The lens's vocabulary-sized work is deferred until the forward call has returned (so the
+    model's own logits are not alive at the peak): before the next call, or on result."""
+    tokens, mask = _tokens(model)
+    in_call = [False]
+    seen: list[bool] = []
+
+    class Spy(tp.LogitLens):
+        def finish_batch(self, piece, ctx):
+            seen.append(in_call[0])
+            return super().finish_batch(piece, ctx)
+
+    with tp.attach(model, Spy(top_k=3)) as s:
+        # registered after attach: set before and cleared after everything tlprobes does in a call
+        h1 = model.register_forward_pre_hook(lambda m, a: in_call.__setitem__(0, True))
+        h2 = model.register_forward_hook(lambda m, a, o: in_call.__setitem__(0, False))
+        try:
+            with torch.no_grad():
+                model(tokens[:2], attention_mask=mask[:2].long())
+                assert seen == []  # not yet: nothing has asked for it
+                model(tokens[2:], attention_mask=mask[2:].long())
+                assert seen == [False]  # the first batch, at the start of the second call
+        finally:
+            h1.remove()
+            h2.remove()
+    assert seen == [False, False]  # the second, on detach
+    ran = tp.run(model, tokens, tp.LogitLens(top_k=3), attention_mask=mask, batch_size=len(PROMPTS))
+    torch.testing.assert_close(s.result.logit_lens.entropy, ran.logit_lens.entropy)
+    assert torch.equal(s.result.logit_lens.top_ids, ran.logit_lens.top_ids)
+
 def test_string_input_is_tokenised_like_the_model(model):
     with tp.attach(model, tp.Residual(positions="last")) as s:
         with torch.no_grad():

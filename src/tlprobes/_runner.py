@@ -164,6 +164,7 @@ def run(
         for start in tqdm(starts, disable=not show, desc="tlprobes", unit="batch"):
             tokens, mask, session.next_prompts = batch(start)
             model(tokens.to(model_device), attention_mask=mask.to(model_device), **forward_kwargs)
+            session.finish()  # the logits of this call are gone: deferred work peaks lower
     if session.n_batches != len(starts):  # pragma: no cover - defensive
         raise TLProbesError(f"expected {len(starts)} batches, captured {session.n_batches}")
     return session.result

@@ -57,6 +57,7 @@ class Session:
         self._scratch: dict[str, dict[str, Any]] = {}
         self._pieces: dict[str, list[dict[str, Any]]] = {p.name: [] for p in self.probes}
         self._inputs: list[Inputs] = []
+        self._unfinished: BatchContext | None = None  # the last batch, before finish_batch
         self.next_prompts: list[str] | None = None  # set by the runner for clearer errors
         self.attached = False
 
@@ -110,6 +111,21 @@ class Session:
         self.attached = False
         if errors:
             raise errors[0]
+        self.finish()
+
+    def finish(self) -> None:
+        """Run the probes' deferred per-batch work (e.g. the logit lens) for the last forward call.
+
+        Called for you: after each batch by ``tp.run``, before the next forward pass, by ``result``
+        and on detach. Deferring it past the forward call means the model's output is no longer
+        held while the lens computes its ``[batch, pos, d_vocab]`` log-probs.
+        """
+        ctx, self._unfinished = self._unfinished, None
+        if ctx is None:
+            return
+        for probe in self.probes:
+            pieces = self._pieces[probe.name]
+            pieces[-1] = probe.finish_batch(pieces[-1], ctx)
 
     def _make_hook(self, key: tuple[str, int | None], probes: list[Probe]) -> Any:
         site, layer = key
@@ -127,6 +143,7 @@ class Session:
     # ---------------------------------------------------------------- per forward pass
     def _pre_forward(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._ctx = None
+        self.finish()
         for flag in ("start_at_layer", "stop_at_layer"):
             if kwargs.get(flag) is not None:
                 raise InputError(
@@ -200,6 +217,7 @@ class Session:
             )
         )
         self._scratch = {}
+        self._unfinished = ctx
 
     # ---------------------------------------------------------------- results
     @property
@@ -209,6 +227,7 @@ class Session:
     @property
     def result(self) -> Result:
         """Every completed forward pass so far, merged along the batch axis."""
+        self.finish()
         if not self._inputs:
             raise TLProbesError(
                 "no forward pass completed while the probes were attached; call the model inside "

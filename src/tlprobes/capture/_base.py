@@ -9,6 +9,7 @@ merges pieces across batches (``merge``) into its capture (``finalize``)::
     new_batch(ctx)         -> scratch                       per forward pass
     on_activation(...)                                      inside the hook
     end_batch(scratch,ctx) -> piece                         when the forward pass returns
+    finish_batch(piece,ctx) -> piece                        after the model call has returned
     merge(pieces)          -> piece                         across batches (sum or concat)
     finalize(piece, inputs, meta) -> capture
 """
@@ -177,6 +178,13 @@ class Probe:
 
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:  # pragma: no cover
         raise NotImplementedError
+
+    def finish_batch(self, piece: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
+        """Heavy per-batch work that should not run inside the model's forward call (where the
+        model's own output, e.g. ``[batch, pos, d_vocab]`` logits, is still alive). The session
+        calls it once the call has returned: after each batch in ``tp.run``, otherwise before the
+        next forward pass, on ``result`` or on detach. Default: nothing to do."""
+        return piece
 
     def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:  # pragma: no cover - abstract
         raise NotImplementedError

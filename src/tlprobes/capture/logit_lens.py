@@ -145,7 +145,13 @@ class LogitLens(Probe):
         n = ctx.adapter.n_layers
         if len(scratch) != n + 1:
             self._stack(scratch, list(range(n + 1)), self.name)  # raises: a state is missing
-        states = [scratch[i] for i in range(n + 1)]  # on the model's device, never stacked
+        # on the model's device, never stacked; the lens itself runs in finish_batch, once the
+        # model call has returned and its own logits are freed
+        return {"states": [scratch[i] for i in range(n + 1)]}
+
+    def finish_batch(self, piece: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
+        states = piece.pop("states")
+        n = len(states) - 1
         pos, valid = ctx.positions(self.positions)
         targets = self._targets(ctx)
         adapter = ctx.adapter
