@@ -16,6 +16,9 @@ from typing import Any
 SIZES: dict[str, dict[str, int]] = {
     # name: layers, d_model, heads, vocab, default batch and sequence length
     "tiny": dict(n_layer=2, n_embd=64, n_head=4, vocab=1000, batch=2, seq=32),
+    # GPT-2-small depth at a width where per-op overhead, not arithmetic, dominates the pass: on a
+    # CPU it stands in for a launch-bound GPU pass (what hooks and per-hook work cost there)
+    "overhead": dict(n_layer=12, n_embd=64, n_head=4, vocab=1000, batch=8, seq=64),
     "small": dict(n_layer=12, n_embd=768, n_head=12, vocab=50257, batch=2, seq=64),
     "xl": dict(n_layer=48, n_embd=1600, n_head=25, vocab=50257, batch=1, seq=64),
 }

@@ -1,6 +1,7 @@
 """What tlprobes costs next to a bare forward pass, TransformerLens' cache and nnsight, in one run.
 
-    python bench/run.py                      # GPT-2-small shape, batch 4 x 128 tokens, CPU
+    python bench/run.py                      # GPT-2-small shape, batch 2 x 64 tokens, CPU
+    python bench/run.py --size overhead --no-analyzers   # 12 x 64: hook overhead, as on a GPU
     python bench/run.py --size xl            # GPT-2-XL shape (48 x 1600), batch 1 x 64 tokens
     python bench/run.py --device cuda        # on a GPU (torch.cuda peak memory)
     python bench/run.py --size tiny --analyzer-scale 0.05   # a smoke test in under a minute
@@ -284,7 +285,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=list(SIZES), default="small",
-                   help="small: 12 layers x 768 (GPT-2 small); xl: 48 x 1600 (GPT-2 XL); tiny: smoke test")
+                   help="small: 12 layers x 768 (GPT-2 small); xl: 48 x 1600 (GPT-2 XL); overhead: 12 x 64, "
+                        "per-op overhead dominates (a CPU stand-in for a launch-bound GPU); tiny: smoke test")
     p.add_argument("--batch", type=int, help="prompts per forward pass (default by size)")
     p.add_argument("--seq", type=int, help="tokens per prompt (default by size)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when available)")

@@ -27,7 +27,8 @@ __all__ = ["States", "as_array", "as_states", "first_token_mask", "last_token_ma
 
 
 def as_array(x: Any, *, dtype: Any = np.float64) -> np.ndarray:
-    """A numpy copy of ``x`` (numpy, torch or nested lists) in ``dtype``."""
+    """``x`` (numpy, torch or nested lists) as a numpy array in ``dtype``; not a copy when ``x``
+    already is one, so callers must not write into the result."""
     if hasattr(x, "detach"):  # torch tensor; torch itself is never imported here
         t = x.detach().cpu()
         if t.is_floating_point():

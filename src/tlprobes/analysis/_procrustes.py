@@ -84,12 +84,14 @@ class Procrustes:
             raise InputError(f"X has {A.shape[0]} rows but Y has {B.shape[0]}; rows are pairs")
         fin = np.isfinite(A).all(1) & np.isfinite(B).all(1)
         warn_nan(int((~fin).sum()), "row pairs (left out of the Procrustes fit)")
-        A, B = A[fin], B[fin]
+        if not fin.all():  # copies only when rows must go
+            A, B = A[fin], B[fin]
         if A.shape[0] < 1:
             raise InputError("no finite row pairs to fit a Procrustes map on")
         self.mean_x_ = A.mean(0) if self.center else np.zeros(A.shape[1])
         self.mean_y_ = B.mean(0) if self.center else np.zeros(B.shape[1])
-        A, B = A - self.mean_x_, B - self.mean_y_
+        if self.center:
+            A, B = A - self.mean_x_, B - self.mean_y_
         U, s, Vt = np.linalg.svd(A.T @ B, full_matrices=False)
         if self.kind == "rotation":
             if A.shape[1] != B.shape[1]:
