@@ -119,6 +119,24 @@ def test_csls_discounts_a_hub():
     assert nn_hits < 0.7
     assert precision_at_k(Q, targets, method="nn") == pytest.approx(nn_hits)
     assert precision_at_k(Q, targets, method="csls") == 1.0
+    assert precision_at_k(Q, targets, method="isf") == 1.0
+
+
+def test_inverted_softmax_matches_its_formula():
+    """ISF ranks target j for query i by exp(b cos_ij) / sum_i' exp(b cos_i'j); check the ranks
+    against that formula written out with scipy's softmax over the queries."""
+    from scipy.special import softmax
+
+    rng = np.random.default_rng(3)
+    Q, T = rng.normal(size=(25, 8)), rng.normal(size=(30, 8))
+    gold = rng.integers(0, 30, size=25)
+    cos = (Q / np.linalg.norm(Q, axis=1, keepdims=True)) @ (T / np.linalg.norm(T, axis=1, keepdims=True)).T
+    for beta, k in ((1.0, 1), (30.0, 1), (10.0, 5)):
+        P = softmax(beta * cos, axis=0)  # normalised over the queries, per target
+        want = ((P > P[np.arange(25), gold][:, None]).sum(1) < k).mean()
+        assert precision_at_k(Q, T, gold, k=k, method="isf", isf_beta=beta) == pytest.approx(want)
+    with pytest.raises(InputError, match="isf"):
+        precision_at_k(Q, T, method="inverted")
 
 
 def test_shared_vocabulary_and_errors():

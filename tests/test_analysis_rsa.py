@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from scipy.spatial.distance import pdist, squareform
-from scipy.stats import ortho_group, pearsonr, spearmanr
+from scipy.stats import kendalltau, ortho_group, pearsonr, spearmanr
 
 from tlprobes._errors import InputError
 from tlprobes.analysis import cka, rdm, rsa
@@ -55,7 +57,11 @@ def test_permutation_p_value(A):
     np.testing.assert_array_equal(again.null, res.null)
 
 
-@pytest.mark.parametrize("compare", ["spearman", "pearson"])
+def _cosine(a, b):
+    return SimpleNamespace(statistic=a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("compare", ["spearman", "pearson", "kendall", "cosine"])
 def test_null_draws_match_scipy_on_explicitly_permuted_rdms(A, compare):
     """Each null draw is scipy's correlation of the strict upper triangles after permuting the
     items of Y's RDM, with the permutations the seeded generator hands out in order."""
@@ -64,7 +70,8 @@ def test_null_draws_match_scipy_on_explicitly_permuted_rdms(A, compare):
     res = rsa(A, B, compare=compare, n_perm=25, seed=9)
     iu = np.triu_indices(30, 1)
     Da, Db = squareform(pdist(A, "cosine")), squareform(pdist(B, "cosine"))
-    corr = spearmanr if compare == "spearman" else pearsonr
+    corr = {"spearman": spearmanr, "pearson": pearsonr, "kendall": kendalltau, "cosine": _cosine}[compare]
+    assert res.r == pytest.approx(corr(Da[iu], Db[iu]).statistic, abs=1e-12)
     rng = np.random.default_rng(9)
     want = []
     for _ in range(25):
@@ -81,6 +88,8 @@ def test_rsa_against_rsatoolbox(A):
     assert rsa(A, B, rdm="correlation", compare="pearson", n_perm=0).r == pytest.approx(ref)
     ref_s = rsatoolbox.rdm.compare(rd[0], rd[1], method="spearman")[0, 0]
     assert rsa(A, B, rdm="correlation", compare="spearman", n_perm=0).r == pytest.approx(ref_s)
+    ref_c = rsatoolbox.rdm.compare(rd[0], rd[1], method="cosine")[0, 0]
+    assert rsa(A, B, rdm="correlation", compare="cosine", n_perm=0).r == pytest.approx(ref_c)
 
 
 def test_cka_matches_kernel_formula_and_invariances(A):

@@ -35,6 +35,7 @@ __all__ = [
 
 Array = np.ndarray | torch.Tensor
 KINDS = ("orthogonal", "rotation", "similarity")
+RETRIEVAL = ("nn", "csls", "isf")
 
 
 def _normalize_rows(X: np.ndarray) -> np.ndarray:
@@ -161,18 +162,22 @@ def precision_at_k(
     k: int = 1,
     method: str = "nn",
     csls_k: int = 10,
+    isf_beta: float = 30.0,
 ) -> float:
     """Fraction of queries whose gold target (default: the same row index) is among the ``k``
-    best targets by cosine (``"nn"``) or CSLS = 2 cos - r_T(x) - r_S(y) with ``csls_k``
-    neighbours (r_S is taken over the given queries, which stand in for the source vocabulary).
+    best targets by cosine (``"nn"``), by CSLS = 2 cos - r_T(x) - r_S(y) with ``csls_k``
+    neighbours (r_S is taken over the given queries, which stand in for the source vocabulary),
+    or by the inverted softmax (``"isf"``, Smith et al. 2017): target j scores
+    exp(beta cos_ij) / sum_i' exp(beta cos_i'j), normalised over the queries, so a hub target
+    near every query stops winning them all.
 
     >>> import numpy as np
     >>> X = np.eye(4)
     >>> precision_at_k(X, X), precision_at_k(X, X[::-1])
     (1.0, 0.0)
     """
-    if method not in ("nn", "csls"):
-        raise InputError(f"unknown method {method!r}; choose one of {choices(('nn', 'csls'))}")
+    if method not in RETRIEVAL:
+        raise InputError(f"unknown method {method!r}; choose one of {choices(RETRIEVAL)}")
     Q, T = _normalize_rows(as_array(mapped)), _normalize_rows(as_array(targets))
     g = np.arange(Q.shape[0]) if gold is None else as_array(gold, dtype=None).astype(int)
     if g.shape != (Q.shape[0],) or g.max(initial=0) >= T.shape[0]:
@@ -184,6 +189,10 @@ def precision_at_k(
         r_t = np.sort(S, axis=1)[:, -kk:].mean(1)  # each query vs its kk nearest targets
         r_s = np.sort(S, axis=0)[-kk:, :].mean(0)  # each target vs its kk nearest queries
         S = 2 * S - r_t[:, None] - r_s[None, :]
+    elif method == "isf":
+        from scipy.special import logsumexp
+
+        S = isf_beta * S - logsumexp(isf_beta * S, axis=0, keepdims=True)
     gold_score = S[np.arange(S.shape[0]), g]
     rank = (S > gold_score[:, None]).sum(1)
     return float((rank < k).mean())

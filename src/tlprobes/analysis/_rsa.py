@@ -26,7 +26,7 @@ __all__ = ["rdm", "rsa", "RSAResult", "cka", "RDM_METRICS", "COMPARISONS"]
 
 Array = np.ndarray | torch.Tensor
 RDM_METRICS = ("cosine", "correlation", "euclidean")
-COMPARISONS = ("spearman", "pearson")
+COMPARISONS = ("spearman", "pearson", "kendall", "cosine")
 
 
 def rdm(
@@ -49,20 +49,20 @@ def rdm(
 
 
 def _compare(a: np.ndarray, b: np.ndarray, how: str) -> float:
-    if how == "spearman":
-        a, b = stats.rankdata(a), stats.rankdata(b)
-    ac, bc = a - a.mean(), b - b.mean()
-    den = np.sqrt((ac**2).sum() * (bc**2).sum())
-    return float((ac * bc).sum() / den) if den > 0 else np.nan
+    if how == "kendall":  # tau-b (ties corrected), as scipy.stats.kendalltau
+        return float(stats.kendalltau(a, b).statistic)
+    return float(_standardise(a, how) @ _standardise(b, how))
 
 
 def _standardise(a: np.ndarray, how: str) -> np.ndarray:
-    """Centred (ranks, for Spearman) scaled to unit norm: the correlation is then a dot product."""
+    """Scaled to unit norm after centring (Pearson; ranks first for Spearman) or as is (cosine):
+    the comparison is then a dot product."""
     if how == "spearman":
         a = stats.rankdata(a)
-    a = a - a.mean()
+    if how != "cosine":
+        a = a - a.mean()
     norm = np.sqrt((a**2).sum())
-    return a / norm if norm > 0 else np.full_like(a, np.nan)
+    return a / norm if norm > 0 else np.full_like(a, np.nan, dtype=float)
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,8 +93,9 @@ def rsa(
     n_perm: int = 1000,
     seed: int = 0,
 ) -> RSAResult:
-    """Compare two representations of the same items: build both RDMs, correlate their strict
-    upper triangles (Spearman or Pearson) and test by permuting the items of one RDM.
+    """Compare two representations of the same items: build both RDMs, compare their strict
+    upper triangles (``compare``: Spearman, Pearson, Kendall's tau-b, or the cosine of the two
+    uncentred triangles) and test by permuting the items of one RDM (Mantel).
 
     >>> import numpy as np
     >>> X = np.random.default_rng(0).normal(size=(10, 4))
@@ -122,16 +123,19 @@ def rsa(
                          {"rdm": rdm, "compare": compare, "n_perm": n_perm, "seed": seed})
     r = _compare(ux, uy, compare)
     # Permuting items permutes the pairs, so the permuted triangle holds the same values: rank and
-    # standardise both triangles once, and each permutation is one gather and one dot product.
-    zx, zy = _standardise(ux, compare), _standardise(uy, compare)
+    # standardise both triangles once, and each permutation is one gather and one dot product
+    # (Kendall's tau has no such form: it is recomputed per permutation).
+    kendall = compare == "kendall"
+    zx = ux if kendall else _standardise(ux, compare)
     Zy = np.zeros((n, n))
-    Zy[iu] = zy
+    Zy[iu] = uy if kendall else _standardise(uy, compare)
     Zy += Zy.T
     rng = np.random.default_rng(seed)
     null = np.empty(n_perm)
     for i in range(n_perm):
         perm = rng.permutation(n)
-        null[i] = zx @ Zy[perm[iu[0]], perm[iu[1]]]
+        permuted = Zy[perm[iu[0]], perm[iu[1]]]
+        null[i] = _compare(zx, permuted, compare) if kendall else zx @ permuted
     p = float((1 + (null >= r).sum()) / (1 + n_perm)) if n_perm > 0 else np.nan
     return RSAResult(r, p, null, n, Dx, Dy,
                      {"rdm": rdm, "compare": compare, "n_perm": n_perm, "seed": seed,
