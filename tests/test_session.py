@@ -65,6 +65,7 @@ def test_logit_lens_runs_after_the_model_call_returns(model):
             h1.remove()
             h2.remove()
     assert seen == [False, False]  # the second, on detach
+    assert not s.result.logit_lens.entropy.requires_grad  # detach ran outside no_grad
     ran = tp.run(model, tokens, tp.LogitLens(top_k=3), attention_mask=mask, batch_size=len(PROMPTS))
     torch.testing.assert_close(s.result.logit_lens.entropy, ran.logit_lens.entropy)
     assert torch.equal(s.result.logit_lens.top_ids, ran.logit_lens.top_ids)

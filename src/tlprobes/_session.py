@@ -123,9 +123,10 @@ class Session:
         ctx, self._unfinished = self._unfinished, None
         if ctx is None:
             return
-        for probe in self.probes:
-            pieces = self._pieces[probe.name]
-            pieces[-1] = probe.finish_batch(pieces[-1], ctx)
+        with torch.no_grad():  # it may run outside the user's no_grad block: never build a graph
+            for probe in self.probes:
+                pieces = self._pieces[probe.name]
+                pieces[-1] = probe.finish_batch(pieces[-1], ctx)
 
     def _make_hook(self, key: tuple[str, int | None], probes: list[Probe]) -> Any:
         site, layer = key
