@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
     ap.add_argument("--train-docs", type=int, default=TrainConfig.n_train_docs)
     ap.add_argument(
+        "--copy-fraction",
+        type=float,
+        default=TrainConfig.copy_fraction,
+        help="share of each batch given to the random-block copy curriculum",
+    )
+    ap.add_argument(
         "--card",
         type=Path,
         default=None,
@@ -52,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             corpus_seed=args.corpus_seed,
             steps=args.steps,
             n_train_docs=args.train_docs,
+            copy_fraction=args.copy_fraction,
         )
         train_default(cfg, args.out)
     card = args.card or args.out.parent / "MODEL_CARD.md"

@@ -116,6 +116,42 @@ def test_card_beats_unigram_baseline(name):
     assert card["seed"] == (1 if name == "default-s1" else 0)
 
 
+
+def _induction_check(model, card, *, period=16, n=24, seed=5):
+    """Induction scores and copy losses measured through tlprobes on fresh random blocks:
+    [BOS] + R + R with R drawn from the tokens of the general prompt set (a different pool,
+    seed and length from the card's own evaluation, and TL rather than HF computing the
+    pattern)."""
+    import tlprobes as tp
+
+    text = (PROMPTS / "general.txt").read_text()
+    pool = torch.unique(model.to_tokens(text, prepend_bos=False)[0])  # words the grammar uses
+    g = torch.Generator().manual_seed(seed)
+    block = pool[torch.randint(len(pool), (n, period), generator=g)]
+    tokens = torch.cat([torch.zeros(n, 1, dtype=torch.long), block, block], dim=1)
+    res = tp.run(model, tokens, tp.Attention(), tp.LogitLens(positions="all"), batch_size=n)
+    pat = res.attention.pattern  # layer batch head dest src
+    q = torch.arange(period + 1, 2 * period + 1)
+    score = pat[:, :, :, q, q - period + 1].mean(dim=(1, 3))  # layer head
+    lp = res.logit_lens.target_logprob[-1]  # batch pos: log p(next token) at the final layer
+    first, second = -lp[:, 1:period].mean(), -lp[:, period + 1 : 2 * period].mean()
+    return score, float(first), float(second)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_models_have_the_induction_heads_their_card_names(name):
+    card = json.loads((tm.model_dir(name) / "card.json").read_text())
+    assert card["induction_heads"], "the shipped models are trained to form induction heads"
+    model = tm.load_model(name, kind=KINDS[-1])
+    score, first, second = _induction_check(model, card)
+    named = {tuple(int(v) for v in h.split(".")) for h in card["induction_heads"]}
+    for layer, head in named:
+        assert score[layer, head] > 0.5, (layer, head, score)
+    others = [float(score[l, h]) for l in range(score.shape[0]) for h in range(score.shape[1])
+              if (l, h) not in named]
+    assert max(others) < 0.2
+    assert second < first - 3.0  # the second copy is predicted from the first
+
 def test_shipped_files_are_small():
     total = sum(
         f.stat().st_size for n in ("default", "default-s1") for f in tm.model_dir(n).iterdir()
