@@ -164,6 +164,7 @@ def test_map_embeddings_over_a_shared_vocabulary():
     m = map_embeddings(E_a, E_b, vocab_a, vocab_b, normalize=False, seed=1)
     assert len(m.tokens) == 250 and m.test_rows.size == 50
     assert m.scores["test"]["p_at_k_nn"] == 1.0 and m.scores["test"]["p_at_k_csls"] == 1.0
+    assert m.scores["test"]["p_at_k_isf"] == 1.0 and m.settings["isf_beta"] == 30.0
     assert m.scores["identity"]["p_at_k_nn"] < 0.1
     assert m.scores["shuffled"]["p_at_k_nn"] < 0.1
     assert rel(m.procrustes.rotation_, R) < 0.05

@@ -217,7 +217,7 @@ def shared_vocabulary(
 class EmbeddingMap(FrameMixin):
     """A Procrustes map fitted on paired rows (a shared vocabulary, or one layer's states vs
     another's) and evaluated on held-out pairs. ``scores[name]`` holds ``p_at_k_nn``,
-    ``p_at_k_csls``, ``mean_cosine`` and ``residual`` for ``"test"``, ``"train"``, the
+    ``p_at_k_csls``, ``p_at_k_isf``, ``mean_cosine`` and ``residual`` for ``"test"``, ``"train"``, the
     ``"identity"`` map (equal dims only) and a ``"shuffled"`` dictionary baseline."""
 
     procrustes: Procrustes
@@ -232,13 +232,14 @@ class EmbeddingMap(FrameMixin):
         return long_frame(cols, layers=[-1])
 
 
-def _evaluate(P: np.ndarray, Y: np.ndarray, k: int, csls_k: int) -> dict[str, float]:
+def _evaluate(P: np.ndarray, Y: np.ndarray, k: int, csls_k: int, isf_beta: float) -> dict[str, float]:
     num = (P * Y).sum(1)
     den = np.linalg.norm(P, axis=1) * np.linalg.norm(Y, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         mc = float(np.nanmean(num / den))
     return {"p_at_k_nn": precision_at_k(P, Y, k=k),
             "p_at_k_csls": precision_at_k(P, Y, k=k, method="csls", csls_k=csls_k),
+            "p_at_k_isf": precision_at_k(P, Y, k=k, method="isf", isf_beta=isf_beta),
             "mean_cosine": mc, "residual": float(((P - Y) ** 2).mean())}
 
 
@@ -254,6 +255,7 @@ def map_embeddings(
     test_fraction: float = 0.2,
     k: int = 1,
     csls_k: int = 10,
+    isf_beta: float = 30.0,
     seed: int = 0,
 ) -> EmbeddingMap:
     """Fit and evaluate a Procrustes map between two embedding matrices over their shared
@@ -285,14 +287,15 @@ def map_embeddings(
     test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
     proc = Procrustes(kind, center=center, normalize=normalize).fit(A[train], B[train])
     Bt = proc._prep_x(B)
-    scores = {"test": _evaluate(proc.transform(A[test]), Bt[test], k, csls_k),
-              "train": _evaluate(proc.transform(A[train]), Bt[train], k, csls_k)}
+    ev = {"k": k, "csls_k": csls_k, "isf_beta": isf_beta}
+    scores = {"test": _evaluate(proc.transform(A[test]), Bt[test], **ev),
+              "train": _evaluate(proc.transform(A[train]), Bt[train], **ev)}
     if A.shape[1] == B.shape[1]:
-        scores["identity"] = _evaluate(proc._prep_x(A[test]), Bt[test], k, csls_k)
+        scores["identity"] = _evaluate(proc._prep_x(A[test]), Bt[test], **ev)
     shuf = Procrustes(kind, center=center, normalize=normalize)
     shuf.fit(A[train], B[train][rng.permutation(train.size)])
-    scores["shuffled"] = _evaluate(shuf.transform(A[test]), Bt[test], k, csls_k)
+    scores["shuffled"] = _evaluate(shuf.transform(A[test]), Bt[test], **ev)
     settings = {"kind": kind, "center": center, "normalize": normalize,
-                "test_fraction": test_fraction, "k": k, "csls_k": csls_k, "seed": seed,
+                "test_fraction": test_fraction, "k": k, "csls_k": csls_k, "isf_beta": isf_beta, "seed": seed,
                 "n_pairs": int(A.shape[0]), "source": "shared vocabulary" if tokens else "rows"}
     return EmbeddingMap(proc, tokens, train, test, scores, settings)

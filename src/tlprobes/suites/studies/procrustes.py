@@ -31,6 +31,7 @@ class ProcrustesStudy:
         "normalize": (bool, True),
         "test_fraction": (float, 0.2),
         "csls_k": (int, 10),
+        "isf_beta": (float, 30.0),
         "rsa_items": (int, 300),
         "n_perm": (int, 200),
         "plot_words": (int, 40),
@@ -45,7 +46,8 @@ class ProcrustesStudy:
         a = ctx.analysis
         A, B = ctx.model, ctx.second_model
         opts = dict(kind=a["kind"], center=a["center"], normalize=a["normalize"],
-                    test_fraction=a["test_fraction"], csls_k=a["csls_k"], seed=ctx.seed)
+                    test_fraction=a["test_fraction"], csls_k=a["csls_k"], isf_beta=a["isf_beta"],
+                    seed=ctx.seed)
         EA = A.W_E.detach().double().cpu().numpy()
         EB = B.W_E.detach().double().cpu().numpy()
         emb = map_embeddings(EA, EB, _vocab(A), _vocab(B), **opts)
@@ -128,7 +130,7 @@ class ProcrustesStudy:
         s = f["scores"]
         table = pd.DataFrame([{"split": k, **{m: round(float(v), 4) for m, v in d.items()}}
                               for k, d in s.items()])
-        report.add_table(table, caption="precision@1 (NN, CSLS), mean cosine and residual per split")
+        report.add_table(table, caption="precision@1 (NN, CSLS, inverted softmax), mean cosine and residual per split")
         report.add_figure(plot_procrustes(
             out.view_data["source"].double().numpy(), out.view_data["target"].double().numpy(),
             out.view_data["aligned"].double().numpy(), labels=f["words"],
@@ -144,6 +146,7 @@ class ProcrustesStudy:
         layers, nn = line("map", "p_at_k_nn")
         nan = np.full_like(nn, np.nan)
         curves = {"P@1 NN (mapped)": (nn, nan, nan), "P@1 CSLS (mapped)": (line("map", "p_at_k_csls")[1], nan, nan),
+                  "P@1 ISF (mapped)": (line("map", "p_at_k_isf")[1], nan, nan),
                   "P@1 NN (identity)": (line("identity", "p_at_k_nn")[1], nan, nan),
                   "RSA r (Spearman)": (line("rsa", "r")[1], nan, nan),
                   "linear CKA": (line("cka", "linear")[1], nan, nan)}
