@@ -116,8 +116,7 @@ def test_card_beats_unigram_baseline(name):
     assert card["seed"] == (1 if name == "default-s1" else 0)
 
 
-
-def _induction_check(model, card, *, period=16, n=24, seed=5):
+def _induction_check(model, *, period=16, n=24, seed=5):
     """Induction scores and copy losses measured through tlprobes on fresh random blocks:
     [BOS] + R + R with R drawn from the tokens of the general prompt set (a different pool,
     seed and length from the card's own evaluation, and TL rather than HF computing the
@@ -143,7 +142,7 @@ def test_shipped_models_have_the_induction_heads_their_card_names(name):
     card = json.loads((tm.model_dir(name) / "card.json").read_text())
     assert card["induction_heads"], "the shipped models are trained to form induction heads"
     model = tm.load_model(name, kind=KINDS[-1])
-    score, first, second = _induction_check(model, card)
+    score, first, second = _induction_check(model)
     named = {tuple(int(v) for v in h.split(".")) for h in card["induction_heads"]}
     for layer, head in named:
         assert score[layer, head] > 0.5, (layer, head, score)
@@ -151,6 +150,7 @@ def test_shipped_models_have_the_induction_heads_their_card_names(name):
               if (l, h) not in named]
     assert max(others) < 0.2
     assert second < first - 3.0  # the second copy is predicted from the first
+
 
 def test_shipped_files_are_small():
     total = sum(
