@@ -123,7 +123,8 @@ class ProcrustesStudy:
             f"An {a['kind']} Procrustes map R (min |X R - Y|, R^T R = I) from model A "
             f"({f['model_a']}) to model B ({f['model_b']}), fitted on {1 - a['test_fraction']:.0%} of "
             f"their {f['n_shared']} shared tokens and scored on the held-out rest by precision@1: is "
-            "the mapped vector's nearest neighbour (cosine, or CSLS) the same token in model B? The "
+            "the mapped vector's nearest neighbour (cosine, CSLS or inverted softmax) the same token in "
+            "model B? The "
             "identity map and a shuffled dictionary are the baselines.",
         )
         report.add_heading("Token embeddings")
