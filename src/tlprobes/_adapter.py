@@ -26,7 +26,19 @@ from torch import Tensor
 
 from ._errors import InputError, LayerError, ModelError, SiteError, choices
 
-__all__ = ["Adapter", "Meta", "adapter_for", "SITES", "LAYER_SITES"]
+__all__ = ["Adapter", "Meta", "adapter_for", "SITES", "LAYER_SITES", "UNSUPPORTED_ARCHITECTURES"]
+
+#: HF ``model_type`` -> (dtypes it fails in, or ``None`` for all; why tlprobes refuses it): TransformerLens
+#: 4.3's bridge cannot run it, or its numbers differ from Hugging Face's before tlprobes is involved.
+#: Found by ``tests/test_families.py``; the README's "Tested model families" table lists them.
+UNSUPPORTED_ARCHITECTURES: dict[str, tuple[tuple[str, ...] | None, str]] = {
+    "olmo": (("float16", "bfloat16"), "TL 4.3's bridge attention for OLMo multiplies float32 attention "
+             "weights with float16/bfloat16 values and raises inside TL (RuntimeError: expected m1 and "
+             "m2 to have the same dtype); float32 is supported"),
+    "olmo2": (("float16", "bfloat16"), "TL 4.3's bridge attention for OLMo 2 multiplies float32 "
+              "attention weights with float16/bfloat16 values and raises inside TL (RuntimeError: "
+              "expected m1 and m2 to have the same dtype); float32 is supported"),
+}
 
 #: Canonical sites and the HookedTransformer-style hook name that carries each. ``{l}`` is the layer.
 _SITE_NAMES: dict[str, str] = {
@@ -114,6 +126,8 @@ class Adapter:
             )
         self.model = model
         self.is_bridge = _is_bridge(model)
+        if self.is_bridge:
+            _refuse_unsupported(model)
         cfg = model.cfg
         self.n_layers = int(cfg.n_layers)
         self.n_heads = int(cfg.n_heads)
@@ -243,49 +257,113 @@ class Adapter:
             return torch.zeros(self.d_vocab, dtype=self.W_U.dtype, device=self.W_U.device)
         return b
 
-    def _ln_params(self) -> tuple[Tensor | None, Tensor | None, float]:
-        ln = self.model.ln_final
+    # ------------------------------------------------------------------ readout
+    def _final_modules(self) -> tuple[Any, Any]:
+        """The model's own final norm and unembedding modules, called without firing any hook.
+
+        Bridge: the HF modules the bridge wraps (``original_component``): the bridge's own forward
+        calls exactly these, and calling them directly fires no TL hook (neither ours nor the
+        user's). HookedTransformer: hook-free clones of TL's own ``ln_final`` / ``unembed`` (see
+        :func:`_hookless`): TL's module code on the model's own parameters, with fresh HookPoints.
+        """
+        key = (id(getattr(self.model, "ln_final", None)), id(getattr(self.model, "unembed", None)))
+        cached = self._cache.get(("__final__", None))
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        self.require_readout()
+        ln = getattr(self.model, "ln_final", None)
+        un = self.model.unembed
         if self.is_bridge:
-            inner = getattr(ln, "original_component", ln)
-            w = getattr(inner, "weight", None)
-            b = getattr(inner, "bias", None)
-            eps = getattr(inner, "eps", None) or getattr(inner, "variance_epsilon", None)
+            ln = None if ln is None else getattr(ln, "original_component", None)
+            un = un.original_component
+            if un is None:
+                raise ModelError(f"{self.meta.model_name}: the bridge's unembed wraps no module")
         else:
-            w = getattr(ln, "w", None)
-            b = getattr(ln, "b", None)
-            eps = getattr(ln, "eps", None)
-        if eps is None:
-            eps = float(getattr(self.model.cfg, "eps", 1e-5))
-        return w, b, float(eps)
+            ln = None if ln is None else _hookless(ln)
+            un = _hookless(un)
+        self._cache[("__final__", None)] = (key, ln, un)
+        return ln, un
+
+    def require_readout(self) -> None:
+        """Refuse models whose readout is not ``ln_final -> unembed`` with trained weights."""
+        reason = untrained_head(self.model) if self.is_bridge else None
+        if reason:
+            raise ModelError(reason)
+        mounted = [n for n in _READOUT_TRANSFORMS if n in dict(self.model.named_children())]
+        if mounted:
+            raise ModelError(
+                f"{self.meta.model_name} reads its residual stream through {choices(mounted)} before "
+                "the unembedding (an encoder's prediction head), so ln_final -> unembed is not the "
+                "model's readout and tlprobes gives no logit lens for it; residual captures still work"
+            )
+
+    def _module_dtype(self, module: Any, x: Tensor) -> torch.dtype:
+        p = next(iter(module.parameters()), None) if module is not None else None
+        return x.dtype if p is None else p.dtype
 
     def ln_final(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
-        """Apply the model's final normalisation to ``x`` with fresh statistics.
+        """The model's own final normalisation applied to ``x`` (fresh statistics, no hook fires).
 
-        Computed from the module's own weights, not by calling the module, so no hook fires (neither
-        ours nor the user's). Matches the model's logits exactly at the last layer (tested).
+        Calls the model's module itself (the HF module on a bridge, TL's module code on a
+        HookedTransformer), so every flag of the model is honoured (``(1 + w)`` offset RMSNorm,
+        biases, eps) and float16/bfloat16 statistics are computed in float32 as the model does.
+        At the last layer, ``readout(ln_final)`` equals the model's logits (tested per family).
         """
-        kind = self.normalization
-        if kind in ("None", "none"):
+        ln, _ = self._final_modules()
+        if ln is None or self.normalization in ("None", "none"):
             return x
-        w, b, eps = self._ln_params()
-        w = w.to(x.dtype) if w is not None else None
-        b = b.to(x.dtype) if b is not None else None
-        if kind in ("LN", "LNPre"):
-            x = x - x.mean(-1, keepdim=True)
-        x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-        if kind in ("LN", "RMS"):
-            if w is not None:
-                x = x * w
-            if b is not None:
-                x = x + b
-        return x
+        shape = x.shape
+        y = ln(x.to(self._module_dtype(ln, x)).reshape(-1, 1, shape[-1]))  # modules expect [b, p, d]
+        return y.reshape(shape)
 
     def unembed(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_vocab"]:
-        """``x @ W_U + b_U`` without firing hooks (one fused matmul-add)."""
-        b = getattr(self.model, "b_U", None)
-        return torch.nn.functional.linear(
-            x, self.W_U.to(x.dtype).T, None if b is None else b.to(x.dtype)
-        )
+        """The model's own unembedding module (``W_U``, ``b_U``) applied to ``x``; no hook fires.
+
+        No final-logit transform: :meth:`readout` adds it.
+        """
+        _, un = self._final_modules()
+        shape = x.shape
+        y = un(x.to(self._module_dtype(un, x)).reshape(-1, 1, shape[-1]))
+        return y.reshape(*shape[:-1], y.shape[-1])
+
+    def output_transform(self, logits: Float[Tensor, "*batch d_vocab"]) -> Float[Tensor, "*batch d_vocab"]:
+        """The model's transform after the unembedding (Gemma 2's final-logit soft-cap, ...).
+
+        TL 4.3's bridge declares it per architecture (``adapter.apply_output_logits_transform``:
+        soft-cap, Cohere/Granite logit scales); otherwise TL's ``cfg.output_logits_soft_cap`` or
+        HF's ``final_logit_softcapping``, applied by TL's own ``apply_softcap`` where it exists.
+        """
+        arch = getattr(self.model, "adapter", None) if self.is_bridge else None
+        transform = getattr(arch, "apply_output_logits_transform", None)
+        if callable(transform):
+            return transform(logits)
+        cap = getattr(self.model.cfg, "output_logits_soft_cap", None)
+        if not (cap is not None and float(cap) > 0) and self.is_bridge:
+            hf_cfg = getattr(getattr(self.model, "original_model", None), "config", None)
+            cap = getattr(getattr(hf_cfg, "get_text_config", lambda: hf_cfg)(), "final_logit_softcapping", None)
+        if cap is None or float(cap) <= 0:
+            return logits
+        try:
+            from transformer_lens.utilities.activation_functions import apply_softcap
+        except ImportError:  # TL 2.18: HookedTransformer.forward inlines the same expression
+            return float(cap) * torch.tanh(logits / float(cap))
+        return apply_softcap(logits, float(cap))
+
+    def readout(
+        self, x: Float[Tensor, "*batch d_model"], *, apply_ln: bool = True
+    ) -> Float[Tensor, "*batch d_vocab"]:
+        """Logits the model would produce from residual state ``x``: final norm, unembed, soft-cap.
+
+        Every piece is the model's own module or declared transform, called without firing hooks;
+        at the last layer this is the model's own output (within its rounding). ``apply_ln=False``
+        skips the final norm (the course's variant). Raises :class:`ModelError` for a model whose
+        head was not trained (an encoder booted with a random MLM head) or whose readout is not
+        ``ln_final -> unembed``.
+
+        >>> logits = adapter_for(model).readout(resid_post_last)   # doctest: +SKIP
+        """
+        h = self.ln_final(x) if apply_ln else x
+        return self.output_transform(self.unembed(h))
 
     # ------------------------------------------------------------------ tokens
     @property
@@ -327,6 +405,83 @@ class Adapter:
         if tok is None:
             return [str(i) for i in ids]
         return [tok.decode([i]) for i in ids]
+
+
+def _refuse_unsupported(model: Any) -> None:
+    """Raise :class:`ModelError` for an architecture (and dtype) in :data:`UNSUPPORTED_ARCHITECTURES`."""
+    hf_cfg = getattr(getattr(model, "original_model", None), "config", None)
+    model_type = str(getattr(hf_cfg, "model_type", ""))
+    if model_type not in UNSUPPORTED_ARCHITECTURES:
+        return
+    dtypes, reason = UNSUPPORTED_ARCHITECTURES[model_type]
+    param = next(iter(model.parameters()), None)
+    dtype = str(param.dtype).replace("torch.", "") if param is not None else "float32"
+    if dtypes is None or dtype in dtypes:
+        raise ModelError(
+            f"architecture {model_type!r} in {dtype} is not supported by tlprobes on TransformerLens "
+            f"{_tl_version()}: {reason}. See the README's 'Tested model families' table"
+        )
+
+
+#: Bridge components that sit between ``ln_final`` and ``unembed`` on an encoder's readout (TL 4.3
+#: refuses its own logit lens for these too).
+_READOUT_TRANSFORMS = ("mlm_head", "prediction_head", "project_out", "hc_head", "sigma_map")
+
+
+def _hookless(module: torch.nn.Module) -> torch.nn.Module:
+    """A shallow clone of a TL module whose HookPoints are fresh: TL's own forward, no hook fires.
+
+    The clone shares the module's parameters, buffers and ``cfg`` (so it follows in-place weight
+    edits) and has no torch hooks; every ``HookPoint`` child is replaced by a new, empty one, so
+    neither tlprobes' hooks nor the user's fire and the user's hooks are never touched. This runs
+    TL's module code (``LayerNorm``/``RMSNorm``/``LNPre``/``RMSPre``/``Unembed``.forward, with
+    their float32 upcast) rather than a formula of ours.
+    """
+    import copy
+    from collections import OrderedDict
+
+    from transformer_lens.hook_points import HookPoint
+
+    clone = copy.copy(module)
+    clone._modules = OrderedDict(
+        (name, None if child is None else HookPoint() if isinstance(child, HookPoint) else _hookless(child))
+        for name, child in module._modules.items()
+    )
+    for attr in list(vars(clone)):
+        if attr.endswith("_hooks") or attr.endswith("_hooks_with_kwargs") or attr.endswith("_always_called"):
+            if isinstance(getattr(clone, attr), dict):
+                setattr(clone, attr, OrderedDict())
+    return clone
+
+
+def untrained_head(model: Any) -> str | None:
+    """Why ``model``'s LM head holds random weights, or ``None`` when it was loaded.
+
+    A checkpoint saved as a headless base model (``BertModel``, a sentence-transformers dir) and
+    booted by the bridge as ``...ForMaskedLM``/``...ForCausalLM`` gets its head initialised at
+    random by ``transformers``. Heads tied to the (trained) input embedding are fine.
+    """
+    hf = getattr(model, "original_model", None)
+    cfg = getattr(hf, "config", None)
+    archs = list(getattr(cfg, "architectures", None) or [])
+    if hf is None or not archs or type(hf).__name__ in archs:
+        return None
+    base = getattr(hf, "base_model", None)
+    if base is None or base is hf or type(base).__name__ not in archs:
+        return None
+    trained = {p.data_ptr() for p in base.parameters()}
+    head = [n for n, p in hf.named_parameters() if not n.startswith(hf.base_model_prefix + ".")
+            and p.data_ptr() not in trained]
+    if not head:
+        return None
+    mods = sorted({n.split(".")[0] for n in head})
+    return (
+        f"{getattr(cfg, 'name_or_path', None) or type(hf).__name__} was saved as {choices(archs)} "
+        f"(no LM head); the bridge booted {type(hf).__name__}, whose head {choices(mods)} "
+        f"({len(head)} tensors, e.g. {head[0]!r}) was initialised with random weights, so a logit "
+        "lens would rank tokens at random. Residual captures still work; load a checkpoint that "
+        "ships a trained LM head for the lens"
+    )
 
 
 _ADAPTERS: weakref.WeakKeyDictionary[Any, Adapter] = weakref.WeakKeyDictionary()

@@ -112,6 +112,7 @@ class LogitLens(Probe):
     def plan(self, adapter: Adapter) -> list[tuple[str, int | None]]:
         if self.top_k > adapter.d_vocab:
             raise TLProbesError(f"top_k={self.top_k} exceeds the vocabulary size {adapter.d_vocab}")
+        adapter.require_readout()  # a random or non-standard LM head: a clear ModelError, up front
         n = adapter.n_layers
         return [("resid_pre", l) for l in range(n)] + [("resid_post", n - 1)]
 
@@ -160,8 +161,7 @@ class LogitLens(Probe):
         tgt_c = tgt.clamp(min=0)
 
         def logprobs_of(x: Tensor) -> Tensor:
-            h = adapter.ln_final(x) if self.apply_ln else x
-            return torch.log_softmax(adapter.unembed(h).float(), dim=-1)
+            return torch.log_softmax(adapter.readout(x, apply_ln=self.apply_ln).float(), dim=-1)
 
         final = logprobs_of(states[n])
         p_final = final.exp()
