@@ -38,6 +38,13 @@ UNSUPPORTED_ARCHITECTURES: dict[str, tuple[tuple[str, ...] | None, str]] = {
     "olmo2": (("float16", "bfloat16"), "TL 4.3's bridge attention for OLMo 2 multiplies float32 "
               "attention weights with float16/bfloat16 values and raises inside TL (RuntimeError: "
               "expected m1 and m2 to have the same dtype); float32 is supported"),
+    "olmo3": (("float16", "bfloat16"), "TL 4.3's bridge attention for OLMo 3 multiplies float32 "
+              "attention weights with float16/bfloat16 values and raises inside TL (RuntimeError: "
+              "expected m1 and m2 to have the same dtype); float32 is supported"),
+    "codegen": (None, "TL 4.3's CodeGen attention bridge reads CodeGenAttention.embed_positions, which "
+                "transformers 5 no longer has (AttributeError inside TL on every forward pass)"),
+    "openai-gpt": (None, "TL 4.3's bridge never fires the last block's hook_resid_post for GPT-1 (its own "
+                   "run_with_cache lacks it), so the final residual state cannot be captured"),
 }
 
 #: Canonical sites and the HookedTransformer-style hook name that carries each. ``{l}`` is the layer.
@@ -297,9 +304,11 @@ class Adapter:
                 "model's readout and tlprobes gives no logit lens for it; residual captures still work"
             )
 
-    def _module_dtype(self, module: Any, x: Tensor) -> torch.dtype:
+    @staticmethod
+    def _as_input(module: Any, x: Tensor) -> Tensor:
+        """``x`` on the module's device and in its dtype (what the model's forward would hand it)."""
         p = next(iter(module.parameters()), None) if module is not None else None
-        return x.dtype if p is None else p.dtype
+        return x if p is None else x.to(device=p.device, dtype=p.dtype)
 
     def ln_final(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
         """The model's own final normalisation applied to ``x`` (fresh statistics, no hook fires).
@@ -313,7 +322,7 @@ class Adapter:
         if ln is None or self.normalization in ("None", "none"):
             return x
         shape = x.shape
-        y = ln(x.to(self._module_dtype(ln, x)).reshape(-1, 1, shape[-1]))  # modules expect [b, p, d]
+        y = ln(self._as_input(ln, x).reshape(-1, 1, shape[-1]))  # modules expect [b, p, d]
         return y.reshape(shape)
 
     def unembed(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_vocab"]:
@@ -323,7 +332,7 @@ class Adapter:
         """
         _, un = self._final_modules()
         shape = x.shape
-        y = un(x.to(self._module_dtype(un, x)).reshape(-1, 1, shape[-1]))
+        y = un(self._as_input(un, x).reshape(-1, 1, shape[-1]))
         return y.reshape(*shape[:-1], y.shape[-1])
 
     def output_transform(self, logits: Float[Tensor, "*batch d_vocab"]) -> Float[Tensor, "*batch d_vocab"]:

@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Int, Real
 from scipy.special import log_softmax
 
+from .._adapter import Adapter, adapter_for
 from .._errors import InputError
 from ._inputs import as_array, as_states, warn_nan
 from ._stats import LayerSummary, layer_summary
@@ -100,7 +101,7 @@ def _summaries(
 
 def logit_lens(
     data: Any,
-    W_U: Real[Array, "d_model vocab"] | None = None,
+    W_U: Real[Array, "d_model vocab"] | torch.nn.Module | Adapter | None = None,
     b_U: Real[Array, " vocab"] | None = None,
     *,
     mask: Any = None,
@@ -114,7 +115,8 @@ def logit_lens(
 ) -> LogitLensResult:
     """Read every layer's state through the unembedding: z_l = LN(x_l) @ W_U + b_U.
 
-    ``data``: residual capture / ``[L+1, B, P, d]`` states (with ``W_U``), or a logit-lens
+    ``data``: residual capture / ``[L+1, B, P, d]`` states (with ``W_U``: a matrix, or the model
+    itself for its own final norm, unembedding and logit soft-cap), or a logit-lens
     capture (``.target_logprob``, ``.entropy``, ...), which is summarised as is.
     ``apply_ln=False`` is the course's variant (lecture 222: no final LayerNorm). ``ln``: None
     (parameter-free LN, ``eps``), a ``(weight, bias)`` pair, or a callable such as the model's
@@ -151,6 +153,10 @@ def logit_lens(
     if W_U is None:
         raise InputError("logit_lens on states needs W_U [d_model, vocab] (and optionally b_U)")
     st = as_states(data, mask, mode=mode)
+    readout = None
+    if not hasattr(W_U, "shape"):  # the model (or its Adapter): its own norm, unembed and soft-cap
+        readout = adapter_for(W_U).readout
+        W_U = adapter_for(W_U).W_U.detach()
     W = as_array(W_U)
     b = np.zeros(W.shape[1]) if b_U is None else as_array(b_U)
     L1, B, P, d = st.values.shape
@@ -174,9 +180,12 @@ def logit_lens(
         lps = []
         for li in range(L1):
             x = xs[li, sl]
-            if apply_ln and not (final_ln and li == L1 - 1):
-                x = _layer_norm(x, ln, eps)
-            z = x @ W + b
+            ln_here = apply_ln and not (final_ln and li == L1 - 1)
+            if readout is not None:
+                with torch.no_grad():
+                    z = as_array(readout(torch.as_tensor(x), apply_ln=ln_here).double())
+            else:
+                z = (_layer_norm(x, ln, eps) if ln_here else x) @ W + b
             lp = log_softmax(z, axis=-1)
             lps.append(lp)
             part = np.argpartition(-z, k - 1, axis=-1)[:, :k]
