@@ -429,3 +429,18 @@ def test_float16_lens_survives_activations_above_256(tmp_path):
     for b in range(2):
         keep = mask[b]
         torch.testing.assert_close(res.logit_lens.logprobs[-1, b][keep], own[b][keep], atol=2e-2, rtol=0)
+
+
+def test_readout_fires_no_hook(tmp_path_factory):
+    """The user's hooks on ln_final and unembed fire once per model forward pass, never for the lens
+    or the ln_f state (tlprobes calls the HF modules the bridge wraps)."""
+    model, _, _ = _loaded("gemma2", "float32", tmp_path_factory)
+    calls: list[str] = []
+    for name in ("ln_final.hook_in", "ln_final.hook_out", "unembed.hook_in", "unembed.hook_out"):
+        model.hook_dict[name].add_hook(lambda t, hook: calls.append(hook.name))
+    try:
+        tp.run(model, PROMPTS, tp.Residual(final_state="ln_f"), tp.LogitLens(), batch_size=4)
+        adapter_for(model).readout(torch.zeros(3, D))
+    finally:
+        model.reset_hooks(including_permanent=True)
+    assert sorted(calls) == ["ln_final.hook_in", "ln_final.hook_out", "unembed.hook_in", "unembed.hook_out"]
