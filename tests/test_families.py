@@ -444,3 +444,23 @@ def test_readout_fires_no_hook(tmp_path_factory):
     finally:
         model.reset_hooks(including_permanent=True)
     assert sorted(calls) == ["ln_final.hook_in", "ln_final.hook_out", "unembed.hook_in", "unembed.hook_out"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma", "gemma2", "gemma3_text", "cohere", "granite"])
+def test_family_compat_lens_is_the_models_logprobs(family, tmp_path_factory):
+    """``compat=True`` (processed weights: folded norms, centred unembedding): the lens at the last layer
+    equals the model's own log-probs and HF's (centring only shifts the logits)."""
+    _, hf, _ = _loaded(family, "float32", tmp_path_factory)
+    d, _ = _build(family, tmp_path_factory)
+    model = tp.load_model(str(d), compat=True)
+    res = tp.run(model, PROMPTS, tp.LogitLens(keep_logprobs=True), batch_size=4, padding_side="left")
+    tokens, mask = res.inputs.tokens, res.inputs.attention_mask
+    with torch.no_grad():
+        own = torch.log_softmax(model(tokens, attention_mask=mask.long()).float(), -1)
+    for b in range(tokens.shape[0]):
+        keep = mask[b]
+        lp = res.logit_lens.logprobs[-1, b][keep]
+        torch.testing.assert_close(lp, own[b][keep], atol=1e-4, rtol=0)
+        _, _, logits = _hf_run(hf, FAMILIES[family][3], tokens[b][keep].tolist())
+        torch.testing.assert_close(lp, torch.log_softmax(logits[0].float(), -1), atol=2e-4, rtol=0)
