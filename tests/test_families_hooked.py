@@ -1,10 +1,10 @@
-"""The family matrix for ``HookedTransformer`` (TL 2.18 and 3.9): configs that switch on what TL can.
+"""The family matrix for ``HookedTransformer`` (TL 2.18 and 3.9): configs switching on what TL can.
 
-Each config is a tiny random HookedTransformer (2 layers, d_model 32, the 300-token offline BPE) with
-its norm weights randomised: LayerNorm + learned positions (GPT-2), RMSNorm + rotary + gated MLP +
-grouped-query attention (Llama), parallel attention/MLP + partial rotary (GPT-J / NeoX), Gemma 2 style
-(RMSNorm before and after each sub-layer, attention and final-logit soft-caps; TL bakes Gemma's
-``1 + w`` into the weights), and the folded ``LNPre`` / ``RMSPre`` forms. Checked:
+Each config is a tiny random HookedTransformer (2 layers, d_model 32, the 300-token offline BPE)
+with its norm weights randomised: LayerNorm + learned positions (GPT-2), RMSNorm + rotary + gated
+MLP + grouped-query attention (Llama), parallel attention/MLP + partial rotary (GPT-J / NeoX),
+Gemma 2 style (RMSNorm before and after each sub-layer, attention and final-logit soft-caps; TL
+bakes Gemma's ``1 + w`` into the weights), and the folded ``LNPre`` / ``RMSPre`` forms. Checked:
 
 * the lens at the last layer == the model's own log-probs (float32, float16, bfloat16),
 * ``Residual`` / ``Components`` / ``Attention`` captures == TL's own ``run_with_cache``,
@@ -28,17 +28,43 @@ BASE = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=64, dev
 
 CONFIGS: dict[str, dict] = {
     "ln_standard": dict(act_fn="gelu_new", normalization_type="LN"),
-    "rms_rotary_gqa": dict(act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-                           rotary_dim=8, gated_mlp=True, n_key_value_heads=2, final_rms=True),
-    "parallel_rotary": dict(act_fn="gelu_new", normalization_type="LN", positional_embedding_type="rotary",
-                            rotary_dim=4, parallel_attn_mlp=True),
-    "gemma2_softcap": dict(act_fn="gelu_pytorch_tanh", normalization_type="RMS",
-                           positional_embedding_type="rotary", rotary_dim=8, gated_mlp=True,
-                           n_key_value_heads=2, final_rms=True, use_normalization_before_and_after=True,
-                           output_logits_soft_cap=3.0, attn_scores_soft_cap=5.0),
+    "rms_rotary_gqa": dict(
+        act_fn="silu",
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_dim=8,
+        gated_mlp=True,
+        n_key_value_heads=2,
+        final_rms=True,
+    ),
+    "parallel_rotary": dict(
+        act_fn="gelu_new",
+        normalization_type="LN",
+        positional_embedding_type="rotary",
+        rotary_dim=4,
+        parallel_attn_mlp=True,
+    ),
+    "gemma2_softcap": dict(
+        act_fn="gelu_pytorch_tanh",
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_dim=8,
+        gated_mlp=True,
+        n_key_value_heads=2,
+        final_rms=True,
+        use_normalization_before_and_after=True,
+        output_logits_soft_cap=3.0,
+        attn_scores_soft_cap=5.0,
+    ),
     "ln_folded": dict(act_fn="gelu_new", normalization_type="LN", fold=True),
-    "rms_folded": dict(act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-                       rotary_dim=8, gated_mlp=True, fold=True),
+    "rms_folded": dict(
+        act_fn="silu",
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_dim=8,
+        gated_mlp=True,
+        fold=True,
+    ),
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _MODELS: dict[tuple[str, str], object] = {}
@@ -65,8 +91,13 @@ def _model(name: str, dtype: str = "float32"):
         model.W_U.mul_(20.0)  # logits of several nats: the soft-cap bites
     if fold:
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        model.load_and_process_state_dict(state, fold_ln=True, center_writing_weights=True,
-                                          center_unembed=True, fold_value_biases=True)
+        model.load_and_process_state_dict(
+            state,
+            fold_ln=True,
+            center_writing_weights=True,
+            center_unembed=True,
+            fold_value_biases=True,
+        )
     if dtype != "float32":
         model = model.to(DTYPES[dtype])
     model.eval()
@@ -78,7 +109,9 @@ def _model(name: str, dtype: str = "float32"):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_lens_at_last_layer_is_the_models_logprobs(name, dtype):
     model = _model(name, dtype)
-    res = tp.run(model, PROMPTS, tp.LogitLens(keep_logprobs=True), batch_size=4, padding_side="left")
+    res = tp.run(
+        model, PROMPTS, tp.LogitLens(keep_logprobs=True), batch_size=4, padding_side="left"
+    )
     tokens, mask = res.inputs.tokens, res.inputs.attention_mask
     with torch.no_grad():
         own = torch.log_softmax(model(tokens, attention_mask=mask.long()).float(), -1)
@@ -86,37 +119,57 @@ def test_lens_at_last_layer_is_the_models_logprobs(name, dtype):
     lp = res.logit_lens.logprobs[-1]
     for b in range(tokens.shape[0]):
         keep = mask[b]
-        torch.testing.assert_close(lp[b][keep], own[b][keep], atol=tol, rtol=0,
-                                   msg=lambda m: f"{name} {dtype} prompt {b}: {m}")
+        torch.testing.assert_close(
+            lp[b][keep],
+            own[b][keep],
+            atol=tol,
+            rtol=0,
+            msg=lambda m, b=b: f"{name} {dtype} prompt {b}: {m}",
+        )
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_captures_equal_run_with_cache(name):
     model = _model(name)
     parallel = bool(model.cfg.parallel_attn_mlp)  # no resid_mid in a parallel block
-    res = tp.run(model, PROMPTS, tp.Residual(mid=not parallel), tp.Components(), tp.Attention(), batch_size=4,
-                 padding_side="right")
+    res = tp.run(
+        model,
+        PROMPTS,
+        tp.Residual(mid=not parallel),
+        tp.Components(),
+        tp.Attention(),
+        batch_size=4,
+        padding_side="right",
+    )
     tokens, mask = res.inputs.tokens, res.inputs.attention_mask
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, attention_mask=mask.long())
     r, c, a = res.residual, res.components, res.attention
     n = model.cfg.n_layers
     for layer in range(n):
-        torch.testing.assert_close(r.resid[layer], cache[f"blocks.{layer}.hook_resid_pre"], atol=0, rtol=0)
-        torch.testing.assert_close(c.attn_out[layer], cache[f"blocks.{layer}.hook_attn_out"], atol=0, rtol=0)
-        torch.testing.assert_close(c.mlp_out[layer], cache[f"blocks.{layer}.hook_mlp_out"], atol=0, rtol=0)
-        torch.testing.assert_close(a.pattern[layer], cache[f"blocks.{layer}.attn.hook_pattern"], atol=0,
-                                   rtol=0)
+        torch.testing.assert_close(
+            r.resid[layer], cache[f"blocks.{layer}.hook_resid_pre"], atol=0, rtol=0
+        )
+        torch.testing.assert_close(
+            c.attn_out[layer], cache[f"blocks.{layer}.hook_attn_out"], atol=0, rtol=0
+        )
+        torch.testing.assert_close(
+            c.mlp_out[layer], cache[f"blocks.{layer}.hook_mlp_out"], atol=0, rtol=0
+        )
+        torch.testing.assert_close(
+            a.pattern[layer], cache[f"blocks.{layer}.attn.hook_pattern"], atol=0, rtol=0
+        )
         if not parallel:
-            torch.testing.assert_close(r.resid_mid[layer], cache[f"blocks.{layer}.hook_resid_mid"], atol=0,
-                                       rtol=0)
+            torch.testing.assert_close(
+                r.resid_mid[layer], cache[f"blocks.{layer}.hook_resid_mid"], atol=0, rtol=0
+            )
     torch.testing.assert_close(r.resid[n], cache[f"blocks.{n - 1}.hook_resid_post"], atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["ln_standard", "gemma2_softcap", "rms_folded"])
 def test_final_state_is_tls_ln_final_and_no_user_hook_fires(name):
-    """``Residual(final_state="ln_f")`` is TL's own ``ln_final`` output; the user's hooks on it fire once
-    per forward pass of the model, never for tlprobes' readout."""
+    """``Residual(final_state="ln_f")`` is TL's own ``ln_final`` output; the user's hooks on it fire
+    once per forward pass of the model, never for tlprobes' readout."""
     model = _model(name)
     calls = []
     model.ln_final.hook_scale.add_hook(lambda t, hook: calls.append(hook.name))
@@ -133,12 +186,14 @@ def test_final_state_is_tls_ln_final_and_no_user_hook_fires(name):
 
 
 def test_float16_lens_survives_activations_above_256():
-    """A centred residual entry of 400 (its square overflows float16) in a float16 HookedTransformer."""
+    """A centred residual entry of 400 (its square overflows float16) in a float16
+    HookedTransformer."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     tok = _tokenizer()
-    cfg = HookedTransformerConfig(**BASE, act_fn="gelu_new", normalization_type="LN", d_vocab=len(tok),
-                                  seed=0)
+    cfg = HookedTransformerConfig(
+        **BASE, act_fn="gelu_new", normalization_type="LN", d_vocab=len(tok), seed=0
+    )
     model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
     with torch.no_grad():
         model.ln_final.w.add_(0.3 * torch.randn_like(model.ln_final.w))
@@ -154,4 +209,6 @@ def test_float16_lens_survives_activations_above_256():
         own = torch.log_softmax(model(tokens, attention_mask=mask.long()).float(), -1)
     for b in range(2):
         keep = mask[b]
-        torch.testing.assert_close(res.logit_lens.logprobs[-1, b][keep], own[b][keep], atol=2e-2, rtol=0)
+        torch.testing.assert_close(
+            res.logit_lens.logprobs[-1, b][keep], own[b][keep], atol=2e-2, rtol=0
+        )

@@ -2,13 +2,16 @@
 
 An :class:`Adapter` wraps a ``HookedTransformer`` (TL 2.x/3.x) or a ``TransformerBridge`` (TL 3.x/4.x),
 with or without compatibility mode, and answers what the rest of tlprobes asks of a model: which
-HookPoint carries a canonical *site* at a layer, the unembedding (``W_U``, ``b_U``), a faithful final
-LayerNorm for the logit lens, tokenisation, and the facts every result records (:class:`Meta`)::
+HookPoint carries a canonical *site* at a layer, the unembedding (``W_U``, ``b_U``), the model's own
+readout for the logit lens (:meth:`Adapter.readout`: its final norm, unembedding and final-logit
+soft-cap, called without firing hooks), tokenisation, and the facts every result records
+(:class:`Meta`)::
 
     >>> adapter = adapter_for(model)                          # doctest: +SKIP
     >>> adapter.hook_point("resid_post", 3)                   # doctest: +SKIP
     >>> adapter.meta.mode                                     # doctest: +SKIP
     'raw'
+    >>> logits = adapter.readout(x_L)  # the model's logits   # doctest: +SKIP
 
 Hook names are resolved once per model and cached (the bridge's ``hook_dict`` is slow on TL 3.9).
 """
@@ -28,23 +31,26 @@ from ._errors import InputError, LayerError, ModelError, SiteError, choices
 
 __all__ = ["Adapter", "Meta", "adapter_for", "SITES", "LAYER_SITES", "UNSUPPORTED_ARCHITECTURES"]
 
-#: HF ``model_type`` -> (dtypes it fails in, or ``None`` for all; why tlprobes refuses it): TransformerLens
-#: 4.3's bridge cannot run it, or its numbers differ from Hugging Face's before tlprobes is involved.
-#: Found by ``tests/test_families.py``; the README's "Tested model families" table lists them.
+#: HF ``model_type`` -> (dtypes it fails in, or ``None`` for all; why tlprobes refuses it):
+#: TransformerLens 4.3's bridge cannot run it, or its numbers differ from Hugging Face's before
+#: tlprobes is involved. Found by ``tests/test_families.py``; the README's "Tested model families"
+#: table lists them.
 UNSUPPORTED_ARCHITECTURES: dict[str, tuple[tuple[str, ...] | None, str]] = {
-    "olmo": (("float16", "bfloat16"), "TL 4.3's bridge attention for OLMo multiplies float32 attention "
-             "weights with float16/bfloat16 values and raises inside TL (RuntimeError: expected m1 and "
-             "m2 to have the same dtype); float32 is supported"),
+    "olmo": (("float16", "bfloat16"), "TL 4.3's bridge attention for OLMo multiplies float32 "
+             "attention weights with float16/bfloat16 values and raises inside TL (RuntimeError: "
+             "expected m1 and m2 to have the same dtype); float32 is supported"),
     "olmo2": (("float16", "bfloat16"), "TL 4.3's bridge attention for OLMo 2 multiplies float32 "
               "attention weights with float16/bfloat16 values and raises inside TL (RuntimeError: "
               "expected m1 and m2 to have the same dtype); float32 is supported"),
     "olmo3": (("float16", "bfloat16"), "TL 4.3's bridge attention for OLMo 3 multiplies float32 "
               "attention weights with float16/bfloat16 values and raises inside TL (RuntimeError: "
               "expected m1 and m2 to have the same dtype); float32 is supported"),
-    "codegen": (None, "TL 4.3's CodeGen attention bridge reads CodeGenAttention.embed_positions, which "
-                "transformers 5 no longer has (AttributeError inside TL on every forward pass)"),
-    "openai-gpt": (None, "TL 4.3's bridge never fires the last block's hook_resid_post for GPT-1 (its own "
-                   "run_with_cache lacks it), so the final residual state cannot be captured"),
+    "codegen": (None, "TL 4.3's CodeGen attention bridge reads CodeGenAttention.embed_positions, "
+                "which transformers 5 no longer has (AttributeError inside TL on every forward "
+                "pass)"),
+    "openai-gpt": (None, "TL 4.3's bridge never fires the last block's hook_resid_post for GPT-1 "
+                   "(its own run_with_cache lacks it), so the final residual state cannot be "
+                   "captured"),
 }
 
 #: Canonical sites and the HookedTransformer-style hook name that carries each. ``{l}`` is the layer.
@@ -299,14 +305,15 @@ class Adapter:
         mounted = [n for n in _READOUT_TRANSFORMS if n in dict(self.model.named_children())]
         if mounted:
             raise ModelError(
-                f"{self.meta.model_name} reads its residual stream through {choices(mounted)} before "
-                "the unembedding (an encoder's prediction head), so ln_final -> unembed is not the "
-                "model's readout and tlprobes gives no logit lens for it; residual captures still work"
+                f"{self.meta.model_name} reads its residual stream through {choices(mounted)} "
+                "before the unembedding (an encoder's prediction head), so ln_final -> unembed is "
+                "not the model's readout and tlprobes gives no logit lens for it; residual "
+                "captures still work"
             )
 
     @staticmethod
     def _as_input(module: Any, x: Tensor) -> Tensor:
-        """``x`` on the module's device and in its dtype (what the model's forward would hand it)."""
+        """``x`` on the module's device and in its dtype (what the model's forward hands it)."""
         p = next(iter(module.parameters()), None) if module is not None else None
         return x if p is None else x.to(device=p.device, dtype=p.dtype)
 
@@ -319,7 +326,7 @@ class Adapter:
         At the last layer, ``readout(ln_final)`` equals the model's logits (tested per family).
         """
         ln, _ = self._final_modules()
-        if ln is None or self.normalization in ("None", "none"):
+        if ln is None:  # the model has no final norm
             return x
         shape = x.shape
         y = ln(self._as_input(ln, x).reshape(-1, 1, shape[-1]))  # modules expect [b, p, d]
@@ -335,7 +342,9 @@ class Adapter:
         y = un(self._as_input(un, x).reshape(-1, 1, shape[-1]))
         return y.reshape(*shape[:-1], y.shape[-1])
 
-    def output_transform(self, logits: Float[Tensor, "*batch d_vocab"]) -> Float[Tensor, "*batch d_vocab"]:
+    def output_transform(
+        self, logits: Float[Tensor, "*batch d_vocab"]
+    ) -> Float[Tensor, "*batch d_vocab"]:
         """The model's transform after the unembedding (Gemma 2's final-logit soft-cap, ...).
 
         TL 4.3's bridge declares it per architecture (``adapter.apply_output_logits_transform``:
@@ -349,7 +358,8 @@ class Adapter:
         cap = getattr(self.model.cfg, "output_logits_soft_cap", None)
         if not (cap is not None and float(cap) > 0) and self.is_bridge:
             hf_cfg = getattr(getattr(self.model, "original_model", None), "config", None)
-            cap = getattr(getattr(hf_cfg, "get_text_config", lambda: hf_cfg)(), "final_logit_softcapping", None)
+            text_cfg = getattr(hf_cfg, "get_text_config", lambda: hf_cfg)()
+            cap = getattr(text_cfg, "final_logit_softcapping", None)
         if cap is None or float(cap) <= 0:
             return logits
         try:
@@ -417,7 +427,7 @@ class Adapter:
 
 
 def _refuse_unsupported(model: Any) -> None:
-    """Raise :class:`ModelError` for an architecture (and dtype) in :data:`UNSUPPORTED_ARCHITECTURES`."""
+    """Raise :class:`ModelError` for an architecture (and dtype) TL cannot run, with the reason."""
     hf_cfg = getattr(getattr(model, "original_model", None), "config", None)
     model_type = str(getattr(hf_cfg, "model_type", ""))
     if model_type not in UNSUPPORTED_ARCHITECTURES:
@@ -427,8 +437,8 @@ def _refuse_unsupported(model: Any) -> None:
     dtype = str(param.dtype).replace("torch.", "") if param is not None else "float32"
     if dtypes is None or dtype in dtypes:
         raise ModelError(
-            f"architecture {model_type!r} in {dtype} is not supported by tlprobes on TransformerLens "
-            f"{_tl_version()}: {reason}. See the README's 'Tested model families' table"
+            f"architecture {model_type!r} in {dtype} is not supported by tlprobes on "
+            f"TransformerLens {_tl_version()}: {reason}. See the README's 'Tested model families'"
         )
 
 
@@ -453,14 +463,19 @@ def _hookless(module: torch.nn.Module) -> torch.nn.Module:
 
     clone = copy.copy(module)
     clone._modules = OrderedDict(
-        (name, None if child is None else HookPoint() if isinstance(child, HookPoint) else _hookless(child))
-        for name, child in module._modules.items()
+        (name, _fresh(child, HookPoint)) for name, child in module._modules.items()
     )
     for attr in list(vars(clone)):
-        if attr.endswith("_hooks") or attr.endswith("_hooks_with_kwargs") or attr.endswith("_always_called"):
+        if attr.endswith(("_hooks", "_hooks_with_kwargs", "_always_called")):
             if isinstance(getattr(clone, attr), dict):
                 setattr(clone, attr, OrderedDict())
     return clone
+
+
+def _fresh(child: Any, hook_point: type) -> Any:
+    if child is None:
+        return None
+    return hook_point() if isinstance(child, hook_point) else _hookless(child)
 
 
 def untrained_head(model: Any) -> str | None:
