@@ -13,8 +13,12 @@ props. There is no CDN link and no network request, ever::
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
+import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,7 @@ from ._escape import escape_html, escape_script, script_json
 from ._repr import HTMLDisplayMixin
 from ._runtime import RUNTIME_JS
 
-__all__ = ["Page", "COMPONENTS", "circuitsvis_bundle"]
+__all__ = ["Page", "COMPONENTS", "circuitsvis_bundle", "csp_for", "script_hashes"]
 
 #: circuitsvis React components exported by the bundle (circuitsvis 1.43).
 COMPONENTS = (
@@ -39,18 +43,31 @@ COMPONENTS = (
     "TopkTokens",
 )
 
-# circuitsvis draws tokens with React's dangerouslySetInnerHTML in these components (ColoredTokens
-# does `token.replace(/\s/g, "&nbsp;")` then innerHTML), so a token "<b>" would become markup. Their
-# ``tokens`` are HTML-escaped first; AttentionHeads / AttentionPattern draw tokens on a canvas.
-_CANVAS_TOKEN_COMPONENTS = frozenset({"AttentionHeads", "AttentionPattern"})
+# circuitsvis draws strings with React's dangerouslySetInnerHTML in many places (ColoredTokens does
+# `token.replace(/\s/g, "&nbsp;")` then innerHTML; AttentionPatterns' token buttons, TopkTokens,
+# TokenLogProbs, TopkSamples and TextNeuronActivations do the same), so every string of every prop of
+# those components is HTML-escaped, however deeply nested. AttentionHeads and AttentionPattern only
+# put strings on a canvas (chart.js axis labels) or in React text children, which React escapes
+# itself: HTML-escaping there would show "&lt;" instead of "<", so their strings stay verbatim (the
+# browser test in tests/test_render_injection_browser.py checks every prop of every component).
+_TEXT_ONLY_COMPONENTS = frozenset({"AttentionHeads", "AttentionPattern"})
 
 
-def _escape_tokens(tokens: Any) -> Any:
-    if isinstance(tokens, str):
-        return escape_html(tokens)
-    if isinstance(tokens, (list, tuple)):
-        return [_escape_tokens(t) for t in tokens]
-    return tokens
+def _escape_strings(value: Any) -> Any:
+    """Every string inside ``value`` (lists, tuples, dicts, numpy string arrays) HTML-escaped."""
+    if isinstance(value, str):
+        return escape_html(value)
+    if isinstance(value, Mapping):
+        return {k: _escape_strings(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escape_strings(v) for v in value]
+    if type(value).__module__ == "numpy" and getattr(value, "dtype", None) is not None:
+        if value.dtype.kind in ("U", "S", "O"):
+            return _escape_strings(value.tolist())
+    return value
+
+
+_escape_tokens = _escape_strings  # the old name, kept for callers
 
 
 CSS = """
@@ -77,12 +94,32 @@ CSS = """
 .tlp-page nav.tlp-toc{font-size:.9em}
 """
 
-# Browsers enforce this even if a bundle tried: nothing may be fetched, only inline code and data:.
-CSP = (
-    "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
-    "img-src data: blob:; font-src data:; worker-src blob:; connect-src 'none'; "
-    "form-action 'none'; base-uri 'none'"
+# Browsers enforce this even if a bundle tried: nothing may be fetched, and the only scripts that run
+# are the inline ones this page wrote, each allowed by its SHA-256 (no 'unsafe-inline', so no inline
+# event handler and no injected <script> can run). circuitsvis's React needs no eval.
+CSP_TEMPLATE = (
+    "default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; "
+    "img-src data: blob:; font-src data:; worker-src 'none'; connect-src 'none'; frame-src 'none'; "
+    "object-src 'none'; media-src 'none'; form-action 'none'; base-uri 'none'"
 )
+_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
+
+
+def script_hashes(html: str) -> list[str]:
+    """``'sha256-...'`` of every inline ``<script>`` in ``html`` (the CSP's allow-list)."""
+    seen: dict[str, None] = {}
+    for body in _SCRIPT.findall(html):
+        digest = base64.b64encode(hashlib.sha256(body.encode("utf-8")).digest()).decode("ascii")
+        seen[f"'sha256-{digest}'"] = None
+    return list(seen)
+
+
+def csp_for(html: str) -> str:
+    """The Content-Security-Policy of a page whose body is ``html``."""
+    return CSP_TEMPLATE.format(hashes=" ".join(script_hashes(html)) or "'none'")
+
+
+CSP = CSP_TEMPLATE.format(hashes="'none'")  # the policy of a page without scripts
 
 
 @functools.lru_cache(maxsize=1)
@@ -148,17 +185,18 @@ class Page(HTMLDisplayMixin):
 
         ``props`` use circuitsvis's JavaScript names (``attention``, ``tokens``,
         ``attentionHeadNames``, ``maxValue`` ...); arrays and tensors are converted, floats rounded,
-        NaN becomes ``null`` and ``None`` values are dropped. Components that circuitsvis draws
-        with ``innerHTML`` (all but ``AttentionHeads`` / ``AttentionPattern``) get their ``tokens``
-        HTML-escaped first, so ``"<b>"`` shows as text instead of becoming markup.
+        NaN becomes ``null`` and ``None`` values are dropped. circuitsvis draws many strings with
+        ``innerHTML``, so every string of every prop is HTML-escaped first (except in
+        ``AttentionHeads`` / ``AttentionPattern``, which draw them as canvas or React text): ``"<b>"``
+        shows as text instead of becoming markup.
         """
         if component not in COMPONENTS:
             raise InputError(
                 f"unknown circuitsvis component {component!r}; choose one of {choices(COMPONENTS)}"
             )
         data = {k: v for k, v in props.items() if v is not None}
-        if component not in _CANVAS_TOKEN_COMPONENTS and "tokens" in data:
-            data["tokens"] = _escape_tokens(data["tokens"])
+        if component not in _TEXT_ONLY_COMPONENTS:
+            data = {k: _escape_strings(v) for k, v in data.items()}
         view_id = self._new_id()
         html = (
             f'<div class="tlp-view tlp-cv" id="{view_id}" data-component="{component}"></div>'
@@ -223,7 +261,7 @@ class Page(HTMLDisplayMixin):
             return fragment
         return (
             '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            f'<meta http-equiv="Content-Security-Policy" content="{csp_for(fragment)}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             '<link rel="icon" href="data:,">'
             f"<title>{escape_html(self.title)}</title></head>\n<body>\n{fragment}\n</body></html>\n"
