@@ -23,7 +23,7 @@ from ._adapter import Adapter, adapter_for
 import difflib
 import inspect
 
-from ._errors import ArgumentError, InputError, TLProbesError
+from ._errors import ArgumentError, InputError, TLProbesError, choices
 from ._result import Result
 from ._session import Session
 from .capture._base import Probe
@@ -110,13 +110,13 @@ def _is_id_list(x: Any) -> bool:
 def run(
     model: Any,
     prompts: Any,
-    *probes: Probe,
+    *probes: Any,
     batch_size: int = 16,
     attention_mask: Tensor | None = None,
     padding_side: str = "right",
     prepend_bos: bool | None = None,
     device: torch.device | str | None = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     progress: bool | None = None,
     **forward_kwargs: Any,
 ) -> Result:
@@ -189,27 +189,26 @@ _RESERVED = ("input", "tokens", "return_type", "start_at_layer", "stop_at_layer"
 
 
 def _check_forward_kwargs(model: Any, kwargs: dict[str, Any]) -> None:
-    """Extra keywords go to the model's forward: refuse typos of run's own and unknown names."""
+    """Extra keywords go to the model's forward: only its named keywords are accepted."""
     if not kwargs:
         return
     try:
         params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):  # pragma: no cover - an unintrospectable forward
         params = {}
-    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     named = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD]
     for key in kwargs:
         if key in _RESERVED:
             raise ArgumentError(f"run() sets {key!r} itself; it cannot be passed through")
-        close = difflib.get_close_matches(key, [*_RUN_ARGS, *named], n=1, cutoff=0.75)
         if key in named:
             continue
-        if close or not open_ended:
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ArgumentError(
-                f"run() got an unknown keyword argument {key!r}{hint} valid: {choices(_RUN_ARGS)} "
-                f"or a keyword of {type(model).__name__}.forward ({choices(named)})"
-            )
+        # a bridge's forward takes **kwargs and would swallow a typo silently: refuse every unknown
+        close = difflib.get_close_matches(key, [*_RUN_ARGS, *named], n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ArgumentError(
+            f"run() got an unknown keyword argument {key!r}{hint} valid: {choices(_RUN_ARGS)} "
+            f"or a keyword of {type(model).__name__}.forward ({choices(named)})"
+        )
 
 
 def _check_sequences(adapter: Adapter, seqs: list[list[int]], texts: list[str] | None) -> None:

@@ -75,10 +75,10 @@ class Session:
     def __init__(
         self,
         model: Any,
-        probes: Sequence[Probe],
+        probes: Sequence[Any],
         *,
         device: torch.device | str | None = "cpu",
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
     ):
         self.adapter: Adapter = adapter_for(model)
         self.model = model
@@ -388,9 +388,9 @@ def _check_probes(probes: Sequence[Any]) -> tuple[Probe, ...]:
 
 def attach(
     model: Any,
-    *probes: Probe,
+    *probes: Any,
     device: torch.device | str | None = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> Session:
     """Attach probes to a TransformerLens model; use as a context manager.
 
