@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -102,21 +101,20 @@ CSP_TEMPLATE = (
     "img-src data: blob:; font-src data:; worker-src 'none'; connect-src 'none'; frame-src 'none'; "
     "object-src 'none'; media-src 'none'; form-action 'none'; base-uri 'none'"
 )
-_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
 
 
-def script_hashes(html: str) -> list[str]:
-    """``'sha256-...'`` of every inline ``<script>`` in ``html`` (the CSP's allow-list)."""
+def script_hashes(scripts: list[str]) -> list[str]:
+    """``'sha256-...'`` of each inline script body (the CSP's allow-list), without repeats."""
     seen: dict[str, None] = {}
-    for body in _SCRIPT.findall(html):
+    for body in scripts:
         digest = base64.b64encode(hashlib.sha256(body.encode("utf-8")).digest()).decode("ascii")
         seen[f"'sha256-{digest}'"] = None
     return list(seen)
 
 
-def csp_for(html: str) -> str:
-    """The Content-Security-Policy of a page whose body is ``html``."""
-    return CSP_TEMPLATE.format(hashes=" ".join(script_hashes(html)) or "'none'")
+def csp_for(scripts: list[str]) -> str:
+    """The Content-Security-Policy of a page that runs exactly ``scripts`` (their bodies)."""
+    return CSP_TEMPLATE.format(hashes=" ".join(script_hashes(scripts)) or "'none'")
 
 
 CSP = CSP_TEMPLATE.format(hashes="'none'")  # the policy of a page without scripts
@@ -139,6 +137,7 @@ def circuitsvis_bundle() -> str:
 class _Block:
     html: str
     bundle: bool = False
+    scripts: tuple[str, ...] = ()  # bodies of the inline scripts this block wrote (hashed in the CSP)
 
 
 class Page(HTMLDisplayMixin):
@@ -163,8 +162,18 @@ class Page(HTMLDisplayMixin):
         return f"tlp-{self._token}-{self._count}"
 
     def add_html(self, html: str, *, bundle: bool = False) -> Page:
-        """Append trusted HTML (already escaped by the caller). ``bundle``: it calls CircuitsVis."""
+        """Append trusted HTML (already escaped by the caller). ``bundle``: it calls CircuitsVis.
+
+        A ``<script>`` in ``html`` does not run in the saved page: the CSP allows only the scripts
+        that :meth:`add_view` and :meth:`add_widget` write.
+        """
         self._blocks.append(_Block(str(html), bool(bundle)))
+        return self
+
+    def _add_script_block(self, before: str, script: str, after: str = "", *, bundle: bool) -> Page:
+        self._blocks.append(
+            _Block(f"{before}<script>{script}</script>{after}", bool(bundle), (script,))
+        )
         return self
 
     def add_heading(self, text: str, level: int = 2) -> Page:
@@ -198,14 +207,11 @@ class Page(HTMLDisplayMixin):
         if component not in _TEXT_ONLY_COMPONENTS:
             data = {k: _escape_strings(v) for k, v in data.items()}
         view_id = self._new_id()
-        html = (
-            f'<div class="tlp-view tlp-cv" id="{view_id}" data-component="{component}"></div>'
-            f'<script>tlp.mount(document.currentScript,"{view_id}","{component}",'
-            f"{script_json(data, self.decimals)});</script>"
-        )
-        if caption:
-            html += f'<p class="tlp-caption">{escape_html(caption)}</p>'
-        return self.add_html(html, bundle=True)
+        div = f'<div class="tlp-view tlp-cv" id="{view_id}" data-component="{component}"></div>'
+        script = (f'tlp.mount(document.currentScript,"{view_id}","{component}",'
+                  f"{script_json(data, self.decimals)});")
+        after = f'<p class="tlp-caption">{escape_html(caption)}</p>' if caption else ""
+        return self._add_script_block(div, script, after, bundle=True)
 
     def add_widget(self, kind: str, body_html: str, data: Any, *, bundle: bool = False) -> Page:
         """Append a ``tlp`` runtime widget: ``body_html`` (trusted) then ``tlp.<kind>(el, data)``."""
@@ -214,12 +220,9 @@ class Page(HTMLDisplayMixin):
                 f"unknown widget {kind!r}; choose one of {choices(['layers', 'overview'])}"
             )
         wid = self._new_id()
-        html = (
-            f'<div class="tlp-widget tlp-{kind}" id="{wid}">{body_html}</div>'
-            f'<script>tlp.{kind}(document.currentScript,"{wid}",'
-            f"{script_json(data, self.decimals)});</script>"
-        )
-        return self.add_html(html, bundle=bundle)
+        div = f'<div class="tlp-widget tlp-{kind}" id="{wid}">{body_html}</div>'
+        script = f'tlp.{kind}(document.currentScript,"{wid}",{script_json(data, self.decimals)});'
+        return self._add_script_block(div, script, bundle=bundle)
 
     def add_page(self, other: Page | HTMLDisplayMixin) -> Page:
         """Append every block of another page (or of any object with ``_build_page``)."""
@@ -251,17 +254,20 @@ class Page(HTMLDisplayMixin):
         runtime and the blocks; the document adds ``<head>`` with charset, title and a
         Content-Security-Policy that forbids every network fetch.
         """
+        scripts = [escape_script(RUNTIME_JS)]
         parts = [f"<style>{CSS}</style>"]
         if any(b.bundle for b in self._blocks):
-            parts.append(f"<script>{circuitsvis_bundle()}</script>")
-        parts.append(f"<script>{escape_script(RUNTIME_JS)}</script>")
+            scripts.insert(0, circuitsvis_bundle())
+            parts.append(f"<script>{scripts[0]}</script>")
+        parts.append(f"<script>{scripts[-1]}</script>")
         parts.append(self.body_html())
         fragment = '<div class="tlp-page">\n' + "\n".join(parts) + "\n</div>"
         if not full:
             return fragment
+        scripts += [body for b in self._blocks for body in b.scripts]
         return (
             '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{csp_for(fragment)}">'
+            f'<meta http-equiv="Content-Security-Policy" content="{csp_for(scripts)}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             '<link rel="icon" href="data:,">'
             f"<title>{escape_html(self.title)}</title></head>\n<body>\n{fragment}\n</body></html>\n"
