@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._errors import ArgumentError as ArgumentError
 from ._errors import HeadError as HeadError
 from ._errors import InputError as InputError
 from ._errors import LayerError as LayerError
 from ._errors import ModelError as ModelError
 from ._errors import PositionError as PositionError
 from ._errors import ResultsError as ResultsError
+from ._errors import SessionError as SessionError
 from ._errors import SiteError as SiteError
 from ._errors import TLProbesError as TLProbesError
 from ._errors import UnknownModelError as UnknownModelError
@@ -134,7 +136,7 @@ __all__ = [
     "Activation", "Attention", "Components", "HeadError", "InputError", "Inputs", "LayerError",
     "LogitLens", "Meta", "ModelError", "PositionError", "Probe", "Residual", "ResidualMean",
     "Result", "ResultsError", "SITES", "Session", "SiteError", "Steps", "TLProbesError", "Target",
-    "UnknownModelError",
+    "UnknownModelError", "ArgumentError", "SessionError",
     "adapter_for", "attach", "run",
     *_LAZY,
 ]
