@@ -342,9 +342,13 @@ class Session:
             )
         inputs = Inputs.concat(self._inputs, self.adapter.pad_token_id())
         captures = {}
-        for probe in self.probes:
-            piece = probe.merge(self._pieces[probe.name])
-            captures[probe.name] = probe.finalize(piece, inputs, self.adapter.meta)
+        self._finishing = True  # finalize may call model parts (ln_final ...): not a forward pass
+        try:
+            for probe in self.probes:
+                piece = probe.merge(self._pieces[probe.name])
+                captures[probe.name] = probe.finalize(piece, inputs, self.adapter.meta)
+        finally:
+            self._finishing = False
         settings = {
             "probes": [repr(p) for p in self.probes],
             "capture_device": str(self.device),

@@ -70,6 +70,10 @@ def check_model_spec(spec: Any, what: str = "model") -> None:
     """A local model folder must hold a readable, valid ``config.json`` (checked before loading)."""
     if spec is None or not isinstance(spec, (str, Path)):
         return
+    from ..models._load import SHIPPED_MODELS
+
+    if str(spec) in SHIPPED_MODELS and not isinstance(spec, Path):
+        return  # shipped names win over folders of the same name, as in load_model
     path = Path(spec).expanduser()
     if not path.exists():
         if isinstance(spec, Path):

@@ -425,6 +425,8 @@ def find_suite(name_or_path: str | Path, extra: Sequence[str | Path] = ()) -> Pa
     files = suite_files(extra)
     if str(name_or_path) in files:
         return files[str(name_or_path)]
+    if p.suffix == ".toml" and p.stem in files:  # "angles.toml" given from another folder
+        return files[p.stem]
     import difflib
 
     close = difflib.get_close_matches(str(name_or_path), list(files), n=1)
