@@ -178,11 +178,11 @@ def test_csp_blocks_inline_handlers_and_fetches(offline, tmp_path) -> None:  # n
     assert any("evil.invalid" in u for u in offline.blocked)
 
 
-def test_run_report_of_hostile_prompts_is_inert(offline, tmp_path) -> None:  # noqa: F811
-    """A geometry suite on prompts full of payloads and ``$$`` (which used to crash matplotlib)."""
+def test_run_report_of_hostile_prompts_is_inert(offline, tmp_path, gpt2_bpe_dir) -> None:  # noqa: F811
+    """A geometry suite on prompts full of payloads and ``$$`` (which used to crash matplotlib), on a
+    model with GPT-2's real BPE, so ``$$`` and the payload pieces are tokens of their own."""
     import torch
 
-    import tlprobes as tp
     from tlprobes.suites import run_suite
 
     torch.set_num_threads(1)
@@ -196,6 +196,5 @@ def test_run_report_of_hostile_prompts_is_inert(offline, tmp_path) -> None:  # n
         "[analysis]\nmax_points = 60\nattention_prompts = 2\ntsne_perplexity = 3.0\n",
         encoding="utf-8",
     )
-    report = run_suite(folder / "s.toml", out=tmp_path / "run", model=tp.load_model("default"),
-                       quiet=True)
+    report = run_suite(folder / "s.toml", out=tmp_path / "run", model=str(gpt2_bpe_dir), quiet=True)
     _check(offline, report)

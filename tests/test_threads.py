@@ -51,24 +51,34 @@ def test_second_thread_session_on_the_same_model_is_refused_at_attach(models):
 
 def test_other_threads_plain_forwards_do_not_leak_into_rows(models):
     m, _ = models
-    ref = tp.run(m, A, tp.Residual(), batch_size=3)
+    ref = tp.run(m, A, tp.Residual(), batch_size=1)
     started, stop = threading.Event(), threading.Event()
+
+    seen = {"forwards": 0, "errors": []}
 
     def hammer():
         toks = m.to_tokens(B[:2])
-        started.set()
-        with torch.no_grad():
-            while not stop.is_set():
-                m(toks)
+        try:
+            with torch.no_grad():
+                while not stop.is_set():
+                    m(toks)
+                    seen["forwards"] += 1
+                    started.set()
+        except BaseException as err:  # noqa: BLE001 - reported below
+            seen["errors"].append(err)
+            started.set()
 
     t = threading.Thread(target=hammer)
     t.start()
     started.wait()
     try:
-        got = tp.run(m, A, tp.Residual(), batch_size=3)
+        before = seen["forwards"]
+        got = tp.run(m, A, tp.Residual(), batch_size=1)
+        during = seen["forwards"] - before
     finally:
         stop.set()
         t.join()
+    assert seen["errors"] == [] and during > 0, (seen, during)  # the two really overlapped
     assert got.inputs.tokens.shape == ref.inputs.tokens.shape
     assert torch.equal(got.inputs.tokens, ref.inputs.tokens)
     torch.testing.assert_close(got.residual.resid, ref.residual.resid)
