@@ -195,9 +195,12 @@ def test_error_quotes_only_the_offending_line(tmp_path):
 
 # -------------------------------------------------------------------------------- CLI
 @pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if a CLI case loads a model: validation must come first."""
+def no_model(monkeypatch, tmp_path):
+    """Fail the test if a CLI case loads a model: validation must come first. Runs in ``tmp_path``
+    so that a default ``runs/`` folder never lands in the repository."""
     import tlprobes.models
+
+    monkeypatch.chdir(tmp_path)
 
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the bad input was found")
@@ -268,6 +271,8 @@ def test_cli_debug_shows_the_traceback(capsys):
 
 def test_cli_internal_error_exits_1_with_a_pointer(tmp_path, capsys, monkeypatch):
     import tlprobes.suites
+
+    monkeypatch.chdir(tmp_path)
 
     def bug(*a, **k):
         raise ZeroDivisionError("oops")
