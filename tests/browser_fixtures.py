@@ -44,6 +44,9 @@ def find_chromium() -> str | None:
     return None
 
 
+_SHARED: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="session")
 def browser() -> Any:
     path = find_chromium()
@@ -54,10 +57,19 @@ def browser() -> Any:
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright-python is not installed (pip install playwright)"
     )
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+    # One Playwright for the whole session, however many test modules import this fixture (two
+    # sync_playwright() at once fail with "Sync API inside the asyncio loop").
+    if not _SHARED:
+        pw = sync_api.sync_playwright().start()
+        _SHARED.update(pw=pw, browser=pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS),
+                       users=0)
+    _SHARED["users"] += 1
+    yield _SHARED["browser"]
+    _SHARED["users"] -= 1
+    if _SHARED["users"] == 0:
+        _SHARED["browser"].close()
+        _SHARED["pw"].stop()
+        _SHARED.clear()
 
 
 @dataclass

@@ -74,9 +74,13 @@ def test_bad_suites_fail_with_file_line_and_choices(tmp_path, edit, message):
 
 
 def _suite(tmp_path: Path, name: str, limit: int = 16) -> Path:
-    """A shipped suite, copied with a prompt limit and pointed at the repo's prompt files."""
+    """A shipped suite, copied with a prompt limit and the repo's prompt files beside it (prompt
+    files must lie in the suite's folder)."""
+    import shutil
+
+    shutil.copytree(REPO_PROBES / "prompts", tmp_path / "prompts", dirs_exist_ok=True)
     text = (REPO_PROBES / f"{name}.toml").read_text()
-    text = text.replace('file = "prompts/', f'limit = {limit}\nfile = "{REPO_PROBES}/prompts/')
+    text = text.replace('file = "prompts/', f'limit = {limit}\nfile = "prompts/')
     p = tmp_path / f"{name}.toml"
     p.write_text(text)
     return p

@@ -13,38 +13,61 @@ The public API is exactly what this module shows; everything else lives in priva
 
 from __future__ import annotations
 
-from ._adapter import SITES as SITES
-from ._adapter import Meta as Meta
-from ._adapter import adapter_for as adapter_for
+from typing import TYPE_CHECKING
+
+from ._errors import ArgumentError as ArgumentError
 from ._errors import HeadError as HeadError
 from ._errors import InputError as InputError
 from ._errors import LayerError as LayerError
 from ._errors import ModelError as ModelError
 from ._errors import PositionError as PositionError
 from ._errors import ResultsError as ResultsError
+from ._errors import SessionError as SessionError
 from ._errors import SiteError as SiteError
 from ._errors import TLProbesError as TLProbesError
 from ._errors import UnknownModelError as UnknownModelError
-from ._result import Inputs as Inputs
-from ._result import Result as Result
-from ._runner import run as run
-from ._session import Session as Session
-from ._session import attach as attach
-from .capture import Activation as Activation
-from .capture import Attention as Attention
-from .capture import Components as Components
-from .capture import LogitLens as LogitLens
-from .capture import Probe as Probe
-from .capture import Residual as Residual
-from .capture import ResidualMean as ResidualMean
-from .capture import Steps as Steps
-from .capture import Target as Target
+
+if TYPE_CHECKING:  # the CLI's --help must not wait for torch: these load on first use
+    from ._adapter import SITES as SITES
+    from ._adapter import Meta as Meta
+    from ._adapter import adapter_for as adapter_for
+    from ._result import Inputs as Inputs
+    from ._result import Result as Result
+    from ._runner import run as run
+    from ._session import Session as Session
+    from ._session import attach as attach
+    from .capture import Activation as Activation
+    from .capture import Attention as Attention
+    from .capture import Components as Components
+    from .capture import LogitLens as LogitLens
+    from .capture import Probe as Probe
+    from .capture import Residual as Residual
+    from .capture import ResidualMean as ResidualMean
+    from .capture import Steps as Steps
+    from .capture import Target as Target
 
 __version__ = "0.1.0"
 
 # Heavy parts (scipy, pandas, sklearn, matplotlib, circuitsvis) load on first use: `tp.angle` imports
 # the analyzers, `tp.Report` the renderers.
 _LAZY = {
+    "SITES": ("tlprobes._adapter", "SITES"),
+    "Meta": ("tlprobes._adapter", "Meta"),
+    "adapter_for": ("tlprobes._adapter", "adapter_for"),
+    "Inputs": ("tlprobes._result", "Inputs"),
+    "Result": ("tlprobes._result", "Result"),
+    "run": ("tlprobes._runner", "run"),
+    "Session": ("tlprobes._session", "Session"),
+    "attach": ("tlprobes._session", "attach"),
+    "Activation": ("tlprobes.capture", "Activation"),
+    "Attention": ("tlprobes.capture", "Attention"),
+    "Components": ("tlprobes.capture", "Components"),
+    "LogitLens": ("tlprobes.capture", "LogitLens"),
+    "Probe": ("tlprobes.capture", "Probe"),
+    "Residual": ("tlprobes.capture", "Residual"),
+    "ResidualMean": ("tlprobes.capture", "ResidualMean"),
+    "Steps": ("tlprobes.capture", "Steps"),
+    "Target": ("tlprobes.capture", "Target"),
     "analysis": ("tlprobes.analysis", None),
     "angle": ("tlprobes.analysis", "angle"),
     "angle_trajectory": ("tlprobes.analysis", "angle_trajectory"),
@@ -113,7 +136,7 @@ __all__ = [
     "Activation", "Attention", "Components", "HeadError", "InputError", "Inputs", "LayerError",
     "LogitLens", "Meta", "ModelError", "PositionError", "Probe", "Residual", "ResidualMean",
     "Result", "ResultsError", "SITES", "Session", "SiteError", "Steps", "TLProbesError", "Target",
-    "UnknownModelError",
+    "UnknownModelError", "ArgumentError", "SessionError",
     "adapter_for", "attach", "run",
     *_LAZY,
 ]

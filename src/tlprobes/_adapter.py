@@ -203,9 +203,12 @@ class Adapter:
         """``None`` or ``"all"`` means every block; otherwise validate each index."""
         if layers is None or (isinstance(layers, str) and layers == "all"):
             return tuple(range(self.n_layers))
+        if isinstance(layers, str):  # not its characters; bools are refused by layer()
+            raise LayerError(f"layers={layers!r} is not valid; valid: 'all', None, an int or a list "
+                             f"of ints in 0..{self.n_layers - 1}")
         if isinstance(layers, int):
             layers = [layers]
-        return tuple(sorted({self.layer(int(lay) if isinstance(lay, int) else lay) for lay in layers}))
+        return tuple(sorted({self.layer(lay) for lay in layers}))
 
     def hook_name(self, site: str, layer: int | None = None) -> str:
         """The HookedTransformer-style hook name of ``site`` (at ``layer`` for block sites)."""

@@ -10,7 +10,7 @@ Every error names the bad value and the valid choices, so the message alone says
     PositionError
 
 Each subclass also subclasses the matching built-in (``ValueError``, ``KeyError``, ``TypeError``,
-``IndexError``), so ``except ValueError`` keeps working in code that does not know tlprobes.
+``IndexError``, ``RuntimeError``), so ``except ValueError`` keeps working in code that does not know tlprobes.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ __all__ = [
     "ModelError",
     "ResultsError",
     "UnknownModelError",
+    "ArgumentError",
+    "SessionError",
     "choices",
 ]
 
@@ -68,6 +70,17 @@ class UnknownModelError(TLProbesError, ValueError):
 
 class ResultsError(TLProbesError, ValueError):
     """A saved run that is missing, truncated or tampered with."""
+
+
+class ArgumentError(TLProbesError, TypeError):
+    """An argument of the wrong type (``batch_size=True``, ``dtype=torch.int32``) or an unknown
+    keyword argument (``paddingside=``)."""
+
+
+class SessionError(TLProbesError, RuntimeError):
+    """A session used in a way it cannot capture correctly: entered twice, attached to a model that a
+    session in another thread holds, or a forward pass inside it that tlprobes cannot see
+    (``run_with_cache`` / ``run_with_hooks`` on a bridge, a nested forward)."""
 
 
 def choices(values: Iterable[object], limit: int = 12) -> str:

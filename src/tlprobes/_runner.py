@@ -20,7 +20,10 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ._adapter import Adapter, adapter_for
-from ._errors import InputError, TLProbesError
+import difflib
+import inspect
+
+from ._errors import ArgumentError, InputError, TLProbesError, choices
 from ._result import Result
 from ._session import Session
 from .capture._base import Probe
@@ -95,6 +98,8 @@ def _as_sequences(
 
 
 def _is_id_list(x: Any) -> bool:
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return False  # b"text" is a sequence of ints, but never token ids
     if isinstance(x, Tensor):
         return not x.is_floating_point() and x.dim() == 1
     return isinstance(x, Sequence) and not isinstance(x, str) and all(
@@ -105,13 +110,13 @@ def _is_id_list(x: Any) -> bool:
 def run(
     model: Any,
     prompts: Any,
-    *probes: Probe,
+    *probes: Any,
     batch_size: int = 16,
     attention_mask: Tensor | None = None,
     padding_side: str = "right",
     prepend_bos: bool | None = None,
     device: torch.device | str | None = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     progress: bool | None = None,
     **forward_kwargs: Any,
 ) -> Result:
@@ -133,8 +138,16 @@ def run(
         >>> res = tp.run(model, ["She gave her a book."], tp.Residual(positions=tp.Target(" her")))  # doctest: +SKIP
     """
     adapter = adapter_for(model)
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise ArgumentError(f"batch_size must be a positive int, got {type(batch_size).__name__} "
+                            f"{batch_size!r}")
+    if batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not (progress is None or isinstance(progress, bool)):
+        raise ArgumentError(f"progress must be True, False or None, got {progress!r}")
+    if not (prepend_bos is None or isinstance(prepend_bos, bool)):
+        raise ArgumentError(f"prepend_bos must be True, False or None, got {prepend_bos!r}")
+    _check_forward_kwargs(model, forward_kwargs)
     if padding_side not in _SIDES:
         raise InputError(f"unknown padding_side {padding_side!r}; valid: 'right', 'left'")
     session = Session(model, probes, device=device, dtype=dtype)  # validates probes first
@@ -170,10 +183,38 @@ def run(
     return session.result
 
 
+_RUN_ARGS = ("batch_size", "attention_mask", "padding_side", "prepend_bos", "device", "dtype",
+             "progress")
+_RESERVED = ("input", "tokens", "return_type", "start_at_layer", "stop_at_layer")
+
+
+def _check_forward_kwargs(model: Any, kwargs: dict[str, Any]) -> None:
+    """Extra keywords go to the model's forward: only its named keywords are accepted."""
+    if not kwargs:
+        return
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - an unintrospectable forward
+        params = {}
+    named = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    for key in kwargs:
+        if key in _RESERVED:
+            raise ArgumentError(f"run() sets {key!r} itself; it cannot be passed through")
+        if key in named:
+            continue
+        # a bridge's forward takes **kwargs and would swallow a typo silently: refuse every unknown
+        close = difflib.get_close_matches(key, [*_RUN_ARGS, *named], n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ArgumentError(
+            f"run() got an unknown keyword argument {key!r}{hint} valid: {choices(_RUN_ARGS)} "
+            f"or a keyword of {type(model).__name__}.forward ({choices(named)})"
+        )
+
+
 def _check_sequences(adapter: Adapter, seqs: list[list[int]], texts: list[str] | None) -> None:
     for i, s in enumerate(seqs):
-        if len(s) == 0:
-            raise InputError(f"prompt {i} is empty")
+        if len(s) == 0 or (texts is not None and texts[i] == ""):
+            raise InputError(f"prompt {i} is empty (\"\"); every prompt needs text or token ids")
         if len(s) > adapter.n_ctx:
             what = f" ({texts[i][:50]!r}...)" if texts else ""
             raise InputError(

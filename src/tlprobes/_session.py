@@ -16,6 +16,7 @@ there before (the user's, permanent or not) are never removed or reordered.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,11 +24,49 @@ import torch
 from torch import Tensor
 
 from ._adapter import Adapter, adapter_for
-from ._errors import InputError, TLProbesError
+from ._errors import ArgumentError, InputError, SessionError, choices
 from ._result import Inputs, Result
 from .capture._base import BatchContext, Probe
 
 __all__ = ["Session", "attach"]
+
+# model id -> the sessions attached to it now (with the thread that attached each)
+_ACTIVE: dict[int, list[Session]] = {}
+_ACTIVE_LOCK = threading.Lock()
+_FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def check_dtype(dtype: Any) -> torch.dtype | None:
+    """``None``, a floating ``torch.dtype``, or its name (``"float16"``); anything else is an error."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        value = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(value, torch.dtype) or not value.is_floating_point:
+            raise ArgumentError(f"dtype {dtype!r} is not a floating dtype; valid: {choices(_FLOAT_DTYPES)} "
+                                "(or torch.float16 ...), or None for the model's")
+        return value
+    if not isinstance(dtype, torch.dtype):
+        raise ArgumentError(f"dtype must be a torch dtype or its name, got {type(dtype).__name__} "
+                            f"{dtype!r}; valid: {choices(_FLOAT_DTYPES)}")
+    if not dtype.is_floating_point:
+        raise ArgumentError(f"dtype {dtype} would truncate the captured activations; valid: floating "
+                            f"dtypes ({choices(_FLOAT_DTYPES)}) or None for the model's")
+    return dtype
+
+
+def check_device(device: Any) -> Any:
+    """``None``, a ``torch.device`` or a string torch can parse."""
+    if device is None or isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise ArgumentError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {device!r}; valid: 'cpu', 'cuda', 'cuda:N', 'mps', or None "
+                         "(keep captures where the model is)") from None
+    return device
 
 
 class Session:
@@ -36,16 +75,16 @@ class Session:
     def __init__(
         self,
         model: Any,
-        probes: Sequence[Probe],
+        probes: Sequence[Any],
         *,
         device: torch.device | str | None = "cpu",
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
     ):
         self.adapter: Adapter = adapter_for(model)
         self.model = model
         self.probes = _check_probes(probes)
-        self.device = device
-        self.dtype = dtype
+        self.device = check_device(device)
+        self.dtype = check_dtype(dtype)
         # plan: validate every probe against the model before anything is registered
         self._routes: dict[tuple[str, int | None], list[Probe]] = {}
         for probe in self.probes:
@@ -60,20 +99,47 @@ class Session:
         self._unfinished: BatchContext | None = None  # the last batch, before finish_batch
         self.next_prompts: list[str] | None = None  # set by the runner for clearer errors
         self.attached = False
+        self._entered = False
+        self._thread: int | None = None  # the thread that attached; others' forwards are ignored
+        self._in_forward = False
+        self._finishing = False
 
     # ---------------------------------------------------------------- registration
     def __enter__(self) -> Session:
+        if self._entered:
+            raise SessionError(
+                "this session is already inside a `with` block; entering it again would detach its "
+                "probes when the inner block ends. Use one `with`, or make a second session"
+            )
         if not self.attached:
             self.attach()
+        self._entered = True
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._entered = False
         self.detach()
 
     def attach(self) -> Session:
-        """Register the hooks (``with`` does this for you)."""
+        """Register the hooks (``with`` does this for you).
+
+        Raises :class:`~tlprobes.SessionError` if a session attached from another thread holds the
+        same model: hooks are per model, so two threads' forward passes would mix their rows.
+        """
         if self.attached:
-            raise TLProbesError("this session is already attached")
+            raise SessionError("this session is already attached")
+        me = threading.get_ident()
+        with _ACTIVE_LOCK:
+            others = [s for s in _ACTIVE.get(id(self.model), []) if s._thread != me]
+            if others:
+                raise SessionError(
+                    f"{self.adapter.meta.model_name!r} already has tlprobes attached from another "
+                    "thread; sessions on one model cannot run from several threads at once (their "
+                    "forward passes would share hooks). Use one thread per model, or a copy of the "
+                    "model per thread"
+                )
+            _ACTIVE.setdefault(id(self.model), []).append(self)
+        self._thread = me
         try:
             self._handles.append(
                 (None, self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
@@ -88,6 +154,9 @@ class Session:
                 else:  # a plain module hook (logits on TL 2.18)
                     self._handles.append((None, point.add(fn)))
             self._handles.append((None, self.model.register_forward_hook(self._post_forward)))
+            self._handles.append(
+                (None, self.model.register_forward_hook(self._end_forward, always_call=True))
+            )
         except BaseException:
             self.detach()
             raise
@@ -108,7 +177,14 @@ class Session:
             except BaseException as err:  # keep removing the rest
                 errors.append(err)
         self._ctx = None
+        self._in_forward = False
         self.attached = False
+        with _ACTIVE_LOCK:
+            mine = _ACTIVE.get(id(self.model), [])
+            if self in mine:
+                mine.remove(self)
+            if not mine:
+                _ACTIVE.pop(id(self.model), None)
         if errors:
             raise errors[0]
         self.finish()
@@ -123,28 +199,48 @@ class Session:
         ctx, self._unfinished = self._unfinished, None
         if ctx is None:
             return
-        with torch.no_grad():  # it may run outside the user's no_grad block: never build a graph
-            for probe in self.probes:
-                pieces = self._pieces[probe.name]
-                pieces[-1] = probe.finish_batch(pieces[-1], ctx)
+        self._finishing = True
+        try:
+            with torch.no_grad():  # it may run outside the user's no_grad block: never build a graph
+                for probe in self.probes:
+                    pieces = self._pieces[probe.name]
+                    pieces[-1] = probe.finish_batch(pieces[-1], ctx)
+        finally:
+            self._finishing = False
 
     def _make_hook(self, key: tuple[str, int | None], probes: list[Probe]) -> Any:
         site, layer = key
 
         def hook(tensor: Tensor, hook: Any = None) -> None:
+            if threading.get_ident() != self._thread or self._finishing:
+                return None  # another thread's forward pass, or our own deferred lens work
             ctx = self._ctx
-            if ctx is None:  # a call we did not see start (e.g. a submodule called directly)
-                return None
-            for probe in probes:
-                probe.on_activation(site, layer, tensor, self._scratch[probe.name], ctx)
+            if ctx is None:  # a pass that did not go through model(...): we cannot read its inputs
+                raise SessionError(
+                    f"a forward pass reached {site!r} inside `tp.attach` without going through "
+                    "model(...) (model.run_with_cache / run_with_hooks / forward() on this model "
+                    "type, or a submodule called directly), so tlprobes cannot capture it. Call "
+                    "model(tokens) inside the session, or detach the probes first"
+                )
+            with torch.no_grad():  # probes write into buffers: never part of the user's graph
+                for probe in probes:
+                    probe.on_activation(site, layer, tensor, self._scratch[probe.name], ctx)
             return None
 
         return hook
 
     # ---------------------------------------------------------------- per forward pass
     def _pre_forward(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if threading.get_ident() != self._thread:
+            return
+        if self._in_forward:
+            raise SessionError(
+                "a forward pass started inside another one (e.g. a hook that calls the model) while "
+                "tlprobes is attached; nested passes cannot be captured. Run them one after another"
+            )
         self._ctx = None
         self.finish()
+        self._in_forward = True
         for flag in ("start_at_layer", "stop_at_layer"):
             if kwargs.get(flag) is not None:
                 raise InputError(
@@ -161,7 +257,8 @@ class Session:
             store_dtype=self.dtype,
             prompts=prompts or self.next_prompts,
         )
-        scratch = {p.name: p.new_batch(ctx) for p in self.probes}
+        with torch.no_grad():
+            scratch = {p.name: p.new_batch(ctx) for p in self.probes}
         for probe in self.probes:  # resolve selectors now: a missing target fails before the pass
             spec = getattr(probe, "positions", None)
             if spec is not None:
@@ -201,12 +298,21 @@ class Session:
             "strings, or token ids (LongTensor [batch, pos])"
         )
 
+    def _end_forward(self, module: Any, args: Any, output: Any) -> None:
+        """Runs after every pass, also one that raised: the next pass starts clean."""
+        if threading.get_ident() == self._thread:
+            self._in_forward = False
+            self._ctx = None
+
     def _post_forward(self, module: Any, args: Any, output: Any) -> None:
+        if threading.get_ident() != self._thread:
+            return
         ctx = self._ctx
         if ctx is None:
             return
         self._ctx = None
-        pieces = {p.name: p.end_batch(self._scratch[p.name], ctx) for p in self.probes}
+        with torch.no_grad():
+            pieces = {p.name: p.end_batch(self._scratch[p.name], ctx) for p in self.probes}
         for name, piece in pieces.items():
             self._pieces[name].append(piece)
         self._inputs.append(
@@ -230,15 +336,19 @@ class Session:
         """Every completed forward pass so far, merged along the batch axis."""
         self.finish()
         if not self._inputs:
-            raise TLProbesError(
+            raise SessionError(
                 "no forward pass completed while the probes were attached; call the model inside "
                 "the `with tp.attach(...)` block"
             )
         inputs = Inputs.concat(self._inputs, self.adapter.pad_token_id())
         captures = {}
-        for probe in self.probes:
-            piece = probe.merge(self._pieces[probe.name])
-            captures[probe.name] = probe.finalize(piece, inputs, self.adapter.meta)
+        self._finishing = True  # finalize may call model parts (ln_final ...): not a forward pass
+        try:
+            for probe in self.probes:
+                piece = probe.merge(self._pieces[probe.name])
+                captures[probe.name] = probe.finalize(piece, inputs, self.adapter.meta)
+        finally:
+            self._finishing = False
         settings = {
             "probes": [repr(p) for p in self.probes],
             "capture_device": str(self.device),
@@ -260,19 +370,19 @@ def _decoder(adapter: Adapter) -> Any:
 
 def _check_probes(probes: Sequence[Any]) -> tuple[Probe, ...]:
     if not probes:
-        raise TLProbesError("attach needs at least one probe, e.g. tp.Residual()")
+        raise ArgumentError("attach needs at least one probe, e.g. tp.Residual()")
     out: list[Probe] = []
     names: set[str] = set()
     for p in probes:
         if isinstance(p, type) and issubclass(p, Probe):
-            raise TLProbesError(f"got the class {p.__name__}; pass an instance: {p.__name__}()")
+            raise ArgumentError(f"got the class {p.__name__}; pass an instance: {p.__name__}()")
         if not isinstance(p, Probe):
-            raise TLProbesError(
+            raise ArgumentError(
                 f"{p!r} is not a probe; valid: tp.Residual, tp.Attention, tp.Components, "
                 "tp.LogitLens, tp.Steps, tp.ResidualMean, tp.Activation (instances)"
             )
         if p.name in names:
-            raise TLProbesError(
+            raise InputError(
                 f"two probes are named {p.name!r}; give one another name, e.g. name='{p.name}2'"
             )
         names.add(p.name)
@@ -282,9 +392,9 @@ def _check_probes(probes: Sequence[Any]) -> tuple[Probe, ...]:
 
 def attach(
     model: Any,
-    *probes: Probe,
+    *probes: Any,
     device: torch.device | str | None = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> Session:
     """Attach probes to a TransformerLens model; use as a context manager.
 

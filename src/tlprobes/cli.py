@@ -5,8 +5,13 @@
     tlprobes run rotation_angles --out runs/angles      # a suite by name (probes/) or path
     tlprobes run probes/geometry.toml --model gpt2-xl --batch-size 8 --device cuda
     tlprobes run procrustes --model gpt2 --second-model path/to/hf_dir
-    tlprobes list
+    tlprobes list --suites my_suites/
     tlprobes render runs/angles
+
+A user error (a bad suite, value, path or device) prints one line ``tlprobes: error: ...`` naming
+the bad value and what would be valid, and exits with status 2; ``--debug`` also prints the
+traceback. An internal error exits with status 1. Everything that can be checked without the model
+is checked before it loads. ``--help`` and ``--version`` answer without importing torch.
 """
 
 from __future__ import annotations
@@ -14,57 +19,141 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 __all__ = ["main"]
 
+_ISSUES = "https://github.com/tlprobes/tlprobes/issues"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its usage errors are one line in the same format as every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"tlprobes: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a positive integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer (1, 8, 16 ...)")
+    return value
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tlprobes", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    p = _Parser(prog="tlprobes", description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--version", action="version", version=f"tlprobes {__version__}")
+    p.add_argument("--debug", action="store_true", help="print the full traceback of any error")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run a suite and write a run directory with report.html")
     run.add_argument("suite", help="suite name (see `tlprobes list`) or path to a .toml file")
     run.add_argument("--model", help="model name or local HF directory (default: the suite's)")
     run.add_argument("--second-model", help="second model for two-model studies (procrustes)")
     run.add_argument("--out", help="output directory (default: runs/<suite name>)")
-    run.add_argument("--batch-size", type=int, help="prompts per forward pass")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an existing, non-empty --out (the whole old run)")
+    run.add_argument("--batch-size", type=_positive_int, help="prompts per forward pass")
     run.add_argument("--device", help="cpu, cuda, cuda:1, mps ...")
     run.add_argument("--save-arrays", action="store_true", help="also save captured arrays (safetensors)")
+    run.add_argument("--suites", action="append", default=[], metavar="DIR",
+                     help="also look for suites by name in DIR (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or messages")
-    sub.add_parser("list", help="list the suites in probes/")
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    lst = sub.add_parser("list", help="list the suites in --suites DIR, ./probes and the shipped probes/")
+    lst.add_argument("--suites", action="append", default=[], metavar="DIR",
+                     help="also list the suites in DIR (repeatable)")
+    lst.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     render = sub.add_parser("render", help="rebuild report.html of a run directory")
     render.add_argument("dir", help="a run directory written by `tlprobes run`")
+    render.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
+def _check_dirs(dirs: Sequence[str]) -> None:
+    from ._errors import InputError
+
+    for d in dirs:
+        if not os.path.isdir(d):
+            raise InputError(f"--suites {d!r} is not a folder")
+
+
+def _list(args: Any) -> int:
+    from .suites import find_suite, list_suites, load_suite
+
+    _check_dirs(args.suites)
+    names = list_suites(args.suites)
+    if not names:
+        print("tlprobes: no suites found (looked in --suites, ./probes and the shipped probes/)")
+    for name in names:
+        try:
+            suite = load_suite(find_suite(name, args.suites))
+        except Exception as err:  # noqa: BLE001 - list every suite, broken ones with their error
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            print(f"{name:24s} BROKEN: {first}")
+            continue
+        print(f"{name:24s} {suite.study:13s} {len(suite.prompts):4d} prompts  {suite.title}")
+    return 0
+
+
+def _run(args: Any) -> int:
+    from .suites import find_suite, load_suite, run_suite
+
+    _check_dirs(args.suites)
+    suite = load_suite(find_suite(args.suite, args.suites))
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    run_suite(suite, out=args.out, model=args.model, second_model=args.second_model,
+              batch_size=args.batch_size, device=args.device, save_arrays=args.save_arrays,
+              quiet=args.quiet, overwrite=args.overwrite)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run the CLI; returns the exit status (0 ok, 2 user error, 1 internal error)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as stop:
+        return int(stop.code or 0) if not isinstance(stop.code, str) else 2
     from ._errors import TLProbesError
 
+    debug = getattr(args, "debug", False)
     try:
         if args.command == "list":
-            from .suites import find_suite, list_suites, load_suite
-
-            for name in list_suites():
-                suite = load_suite(find_suite(name))
-                print(f"{name:24s} {suite.study:13s} {len(suite.prompts):4d} prompts  {suite.title}")
-            return 0
+            return _list(args)
         if args.command == "render":
             from .suites import render_run
 
             print(render_run(args.dir))
             return 0
-        from .suites import run_suite
-
-        if args.quiet:
-            os.environ["TQDM_DISABLE"] = "1"
-        run_suite(args.suite, out=args.out, model=args.model, second_model=args.second_model,
-                  batch_size=args.batch_size,
-                  device=args.device, save_arrays=args.save_arrays, quiet=args.quiet)
-        return 0
+        return _run(args)
     except TLProbesError as err:
-        print(f"tlprobes: error: {err}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        msg = " ".join(str(err).split("\n")) if str(err) else type(err).__name__
+        print(f"tlprobes: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("tlprobes: interrupted (nothing was written)", file=sys.stderr)
+        return 130
+    except OSError as err:  # a disk or permission problem the checks could not foresee
+        if debug:
+            traceback.print_exc()
+        print(f"tlprobes: error: {err.strerror or err}: {err.filename!r}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - a bug: say so briefly, the traceback on --debug
+        if debug:
+            traceback.print_exc()
+        print(f"tlprobes: internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+              f" -- this is a bug in tlprobes; re-run with --debug for the traceback and report it "
+              f"at {_ISSUES}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -144,6 +144,12 @@ def load_model(
         raise UnknownModelError(
             f"no shipped model named {name!r}; shipped models are {choices(SHIPPED_MODELS)}"
         )
+    import difflib  # a typo of a shipped name fails now, not after ~23 s of hub retries
+
+    close = difflib.get_close_matches(name.lower(), list(SHIPPED_MODELS), n=1, cutoff=0.75)
+    if close:
+        raise UnknownModelError(f"no model named {name!r}; did you mean {close[0]!r}? shipped "
+                                f"models are {choices(SHIPPED_MODELS)}")
     return _load_by_name(name, kind_, device, compat, dtype_)
 
 

@@ -13,8 +13,11 @@ props. There is no CDN link and no network request, ever::
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from ._escape import escape_html, escape_script, script_json
 from ._repr import HTMLDisplayMixin
 from ._runtime import RUNTIME_JS
 
-__all__ = ["Page", "COMPONENTS", "circuitsvis_bundle"]
+__all__ = ["Page", "COMPONENTS", "circuitsvis_bundle", "csp_for", "script_hashes"]
 
 #: circuitsvis React components exported by the bundle (circuitsvis 1.43).
 COMPONENTS = (
@@ -39,18 +42,31 @@ COMPONENTS = (
     "TopkTokens",
 )
 
-# circuitsvis draws tokens with React's dangerouslySetInnerHTML in these components (ColoredTokens
-# does `token.replace(/\s/g, "&nbsp;")` then innerHTML), so a token "<b>" would become markup. Their
-# ``tokens`` are HTML-escaped first; AttentionHeads / AttentionPattern draw tokens on a canvas.
-_CANVAS_TOKEN_COMPONENTS = frozenset({"AttentionHeads", "AttentionPattern"})
+# circuitsvis draws strings with React's dangerouslySetInnerHTML in many places (ColoredTokens does
+# `token.replace(/\s/g, "&nbsp;")` then innerHTML; AttentionPatterns' token buttons, TopkTokens,
+# TokenLogProbs, TopkSamples and TextNeuronActivations do the same), so every string of every prop of
+# those components is HTML-escaped, however deeply nested. AttentionHeads and AttentionPattern only
+# put strings on a canvas (chart.js axis labels) or in React text children, which React escapes
+# itself: HTML-escaping there would show "&lt;" instead of "<", so their strings stay verbatim (the
+# browser test in tests/test_render_injection_browser.py checks every prop of every component).
+_TEXT_ONLY_COMPONENTS = frozenset({"AttentionHeads", "AttentionPattern"})
 
 
-def _escape_tokens(tokens: Any) -> Any:
-    if isinstance(tokens, str):
-        return escape_html(tokens)
-    if isinstance(tokens, (list, tuple)):
-        return [_escape_tokens(t) for t in tokens]
-    return tokens
+def _escape_strings(value: Any) -> Any:
+    """Every string inside ``value`` (lists, tuples, dicts, numpy string arrays) HTML-escaped."""
+    if isinstance(value, str):
+        return escape_html(value)
+    if isinstance(value, Mapping):
+        return {k: _escape_strings(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escape_strings(v) for v in value]
+    if type(value).__module__ == "numpy" and getattr(value, "dtype", None) is not None:
+        if value.dtype.kind in ("U", "S", "O"):
+            return _escape_strings(value.tolist())
+    return value
+
+
+_escape_tokens = _escape_strings  # the old name, kept for callers
 
 
 CSS = """
@@ -77,12 +93,31 @@ CSS = """
 .tlp-page nav.tlp-toc{font-size:.9em}
 """
 
-# Browsers enforce this even if a bundle tried: nothing may be fetched, only inline code and data:.
-CSP = (
-    "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
-    "img-src data: blob:; font-src data:; worker-src blob:; connect-src 'none'; "
-    "form-action 'none'; base-uri 'none'"
+# Browsers enforce this even if a bundle tried: nothing may be fetched, and the only scripts that run
+# are the inline ones this page wrote, each allowed by its SHA-256 (no 'unsafe-inline', so no inline
+# event handler and no injected <script> can run). circuitsvis's React needs no eval.
+CSP_TEMPLATE = (
+    "default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; "
+    "img-src data: blob:; font-src data:; worker-src 'none'; connect-src 'none'; frame-src 'none'; "
+    "object-src 'none'; media-src 'none'; form-action 'none'; base-uri 'none'"
 )
+
+
+def script_hashes(scripts: list[str]) -> list[str]:
+    """``'sha256-...'`` of each inline script body (the CSP's allow-list), without repeats."""
+    seen: dict[str, None] = {}
+    for body in scripts:
+        digest = base64.b64encode(hashlib.sha256(body.encode("utf-8")).digest()).decode("ascii")
+        seen[f"'sha256-{digest}'"] = None
+    return list(seen)
+
+
+def csp_for(scripts: list[str]) -> str:
+    """The Content-Security-Policy of a page that runs exactly ``scripts`` (their bodies)."""
+    return CSP_TEMPLATE.format(hashes=" ".join(script_hashes(scripts)) or "'none'")
+
+
+CSP = CSP_TEMPLATE.format(hashes="'none'")  # the policy of a page without scripts
 
 
 @functools.lru_cache(maxsize=1)
@@ -102,6 +137,7 @@ def circuitsvis_bundle() -> str:
 class _Block:
     html: str
     bundle: bool = False
+    scripts: tuple[str, ...] = ()  # bodies of the inline scripts this block wrote (hashed in the CSP)
 
 
 class Page(HTMLDisplayMixin):
@@ -126,8 +162,18 @@ class Page(HTMLDisplayMixin):
         return f"tlp-{self._token}-{self._count}"
 
     def add_html(self, html: str, *, bundle: bool = False) -> Page:
-        """Append trusted HTML (already escaped by the caller). ``bundle``: it calls CircuitsVis."""
+        """Append trusted HTML (already escaped by the caller). ``bundle``: it calls CircuitsVis.
+
+        A ``<script>`` in ``html`` does not run in the saved page: the CSP allows only the scripts
+        that :meth:`add_view` and :meth:`add_widget` write.
+        """
         self._blocks.append(_Block(str(html), bool(bundle)))
+        return self
+
+    def _add_script_block(self, before: str, script: str, after: str = "", *, bundle: bool) -> Page:
+        self._blocks.append(
+            _Block(f"{before}<script>{script}</script>{after}", bool(bundle), (script,))
+        )
         return self
 
     def add_heading(self, text: str, level: int = 2) -> Page:
@@ -148,26 +194,24 @@ class Page(HTMLDisplayMixin):
 
         ``props`` use circuitsvis's JavaScript names (``attention``, ``tokens``,
         ``attentionHeadNames``, ``maxValue`` ...); arrays and tensors are converted, floats rounded,
-        NaN becomes ``null`` and ``None`` values are dropped. Components that circuitsvis draws
-        with ``innerHTML`` (all but ``AttentionHeads`` / ``AttentionPattern``) get their ``tokens``
-        HTML-escaped first, so ``"<b>"`` shows as text instead of becoming markup.
+        NaN becomes ``null`` and ``None`` values are dropped. circuitsvis draws many strings with
+        ``innerHTML``, so every string of every prop is HTML-escaped first (except in
+        ``AttentionHeads`` / ``AttentionPattern``, which draw them as canvas or React text): ``"<b>"``
+        shows as text instead of becoming markup.
         """
         if component not in COMPONENTS:
             raise InputError(
                 f"unknown circuitsvis component {component!r}; choose one of {choices(COMPONENTS)}"
             )
         data = {k: v for k, v in props.items() if v is not None}
-        if component not in _CANVAS_TOKEN_COMPONENTS and "tokens" in data:
-            data["tokens"] = _escape_tokens(data["tokens"])
+        if component not in _TEXT_ONLY_COMPONENTS:
+            data = {k: _escape_strings(v) for k, v in data.items()}
         view_id = self._new_id()
-        html = (
-            f'<div class="tlp-view tlp-cv" id="{view_id}" data-component="{component}"></div>'
-            f'<script>tlp.mount(document.currentScript,"{view_id}","{component}",'
-            f"{script_json(data, self.decimals)});</script>"
-        )
-        if caption:
-            html += f'<p class="tlp-caption">{escape_html(caption)}</p>'
-        return self.add_html(html, bundle=True)
+        div = f'<div class="tlp-view tlp-cv" id="{view_id}" data-component="{component}"></div>'
+        script = (f'tlp.mount(document.currentScript,"{view_id}","{component}",'
+                  f"{script_json(data, self.decimals)});")
+        after = f'<p class="tlp-caption">{escape_html(caption)}</p>' if caption else ""
+        return self._add_script_block(div, script, after, bundle=True)
 
     def add_widget(self, kind: str, body_html: str, data: Any, *, bundle: bool = False) -> Page:
         """Append a ``tlp`` runtime widget: ``body_html`` (trusted) then ``tlp.<kind>(el, data)``."""
@@ -176,12 +220,9 @@ class Page(HTMLDisplayMixin):
                 f"unknown widget {kind!r}; choose one of {choices(['layers', 'overview'])}"
             )
         wid = self._new_id()
-        html = (
-            f'<div class="tlp-widget tlp-{kind}" id="{wid}">{body_html}</div>'
-            f'<script>tlp.{kind}(document.currentScript,"{wid}",'
-            f"{script_json(data, self.decimals)});</script>"
-        )
-        return self.add_html(html, bundle=bundle)
+        div = f'<div class="tlp-widget tlp-{kind}" id="{wid}">{body_html}</div>'
+        script = f'tlp.{kind}(document.currentScript,"{wid}",{script_json(data, self.decimals)});'
+        return self._add_script_block(div, script, bundle=bundle)
 
     def add_page(self, other: Page | HTMLDisplayMixin) -> Page:
         """Append every block of another page (or of any object with ``_build_page``)."""
@@ -213,17 +254,20 @@ class Page(HTMLDisplayMixin):
         runtime and the blocks; the document adds ``<head>`` with charset, title and a
         Content-Security-Policy that forbids every network fetch.
         """
+        scripts = [escape_script(RUNTIME_JS)]
         parts = [f"<style>{CSS}</style>"]
         if any(b.bundle for b in self._blocks):
-            parts.append(f"<script>{circuitsvis_bundle()}</script>")
-        parts.append(f"<script>{escape_script(RUNTIME_JS)}</script>")
+            scripts.insert(0, circuitsvis_bundle())
+            parts.append(f"<script>{scripts[0]}</script>")
+        parts.append(f"<script>{scripts[-1]}</script>")
         parts.append(self.body_html())
         fragment = '<div class="tlp-page">\n' + "\n".join(parts) + "\n</div>"
         if not full:
             return fragment
+        scripts += [body for b in self._blocks for body in b.scripts]
         return (
             '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            f'<meta http-equiv="Content-Security-Policy" content="{csp_for(scripts)}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             '<link rel="icon" href="data:,">'
             f"<title>{escape_html(self.title)}</title></head>\n<body>\n{fragment}\n</body></html>\n"

@@ -449,11 +449,27 @@ def figure_to_html(
     """
     buf = io.BytesIO()
     if fmt == "png":
-        fig.savefig(buf, format="png", dpi=dpi)
+        savefig_plain(fig, buf, format="png", dpi=dpi)
         data = base64.b64encode(buf.getvalue()).decode("ascii")
         return f'<img alt="{escape_html(alt)}" src="data:image/png;base64,{data}">'
     if fmt == "svg":
-        fig.savefig(buf, format="svg")
+        savefig_plain(fig, buf, format="svg")
         svg = buf.getvalue().decode("utf-8")
         return svg[svg.index("<svg") :]
     raise InputError(f"unknown figure format {fmt!r}; choose one of {choices(['png', 'svg'])}")
+
+
+def savefig_plain(fig: Figure, fname: Any, **kwargs: Any) -> None:
+    """``fig.savefig`` with every text drawn literally: never parsed as mathtext.
+
+    Labels come from prompts and tokens: a token ``$$`` or ``$\\frac$`` must print as itself, not
+    crash matplotlib's mathtext parser. Texts already made are switched off one by one; texts made
+    while drawing (tick labels) inherit ``text.parse_math = False`` from the context.
+    """
+    import matplotlib
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
+    with matplotlib.rc_context({"text.parse_math": False}):
+        fig.savefig(fname, **kwargs)

@@ -1,4 +1,4 @@
-"""``Report``: one self-contained HTML file for a study: manifest, figures, tables and views.
+"""``Report``: one self-contained HTML file for a study: figures, tables and views, then the manifest.
 
     >>> import numpy as np
     >>> from tlprobes.render import Report, plot_scree, token_view
@@ -136,16 +136,20 @@ class Report(HTMLDisplayMixin):
         return self
 
     def _build_page(self) -> Page:
+        """Title, contents, the results in order, and the run manifest last."""
         page = Page(self.title)
         page.add_heading(self.title, level=1)
-        if self.manifest:
-            page.add_html(
-                f"<details open><summary>Run manifest</summary>{manifest_table(self.manifest)}</details>"
-            )
         if len(self._toc) > 1:
             links = "".join(f'<li><a href="#{a}">{escape_html(t)}</a></li>' for a, t in self._toc)
             page.add_html(f'<nav class="tlp-toc"><strong>Contents</strong><ul>{links}</ul></nav>')
-        return page.add_page(self._body)
+        page.add_page(self._body)
+        if self.manifest:
+            page.add_heading("Run manifest", level=2)
+            page.add_html(
+                f"<details><summary>Model, versions, settings, timings and file hashes</summary>"
+                f"{manifest_table(self.manifest)}</details>"
+            )
+        return page
 
     def __repr__(self) -> str:
         return (

@@ -4,23 +4,100 @@
 
     >>> run_suite("probes/rotation_angles.toml", out="runs/angles")   # doctest: +SKIP
     PosixPath('runs/angles/report.html')
+
+Everything that can be checked without the model is checked first (the suite and its prompt files,
+the device, the batch size, the output folder, a local model directory's ``config.json``), so a typo
+fails in a second, not after the model has loaded. The run is written into a temporary sibling folder
+and renamed into place when complete (see :mod:`tlprobes.suites._rundir`).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from .._errors import InputError, ModelError, choices
 from ._registry import get_study
-from ._rundir import load_results, package_versions, write_run
+from ._rundir import (
+    check_out_dir,
+    load_results,
+    package_versions,
+    run_directory,
+    safe_name,
+    write_file_atomic,
+    write_run,
+)
 from ._schema import Suite, find_suite, load_suite
 from ._study import StudyContext
 
-__all__ = ["run_suite", "render_run"]
+__all__ = ["run_suite", "render_run", "check_device", "check_model_spec"]
+
+_DEVICES = ("cpu", "cuda", "cuda:N", "mps")
+
+
+def check_device(device: Any) -> str:
+    """A device string torch understands and this machine has; else :class:`InputError`."""
+    import torch
+
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str) or not device:
+        raise InputError(f"device {device!r} is not a device name; valid: {choices(_DEVICES)}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {device!r}; valid: {choices(_DEVICES)}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r} asks for CUDA, but no CUDA GPU is available here; "
+                             "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise InputError(f"device {device!r} asks for Apple MPS, which is not available here; "
+                             "use --device cpu")
+    elif dev.type != "cpu":
+        raise InputError(f"unsupported device {device!r}; valid: {choices(_DEVICES)}")
+    return device
+
+
+def check_model_spec(spec: Any, what: str = "model") -> None:
+    """A local model folder must hold a readable, valid ``config.json`` (checked before loading)."""
+    if spec is None or not isinstance(spec, (str, Path)):
+        return
+    from ..models._load import SHIPPED_MODELS
+
+    if str(spec) in SHIPPED_MODELS and not isinstance(spec, Path):
+        return  # shipped names win over folders of the same name, as in load_model
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if isinstance(spec, Path):
+            raise ModelError(f"{what} folder {str(spec)!r} does not exist")
+        return  # a shipped or TransformerLens name: load_model checks it
+    if not path.is_dir():
+        raise ModelError(f"{what} {str(spec)!r} is a file; give a Hugging Face model folder "
+                         "(config.json, weights, tokenizer files) or a model name")
+    cfg = path / "config.json"
+    try:
+        json.loads(cfg.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{what} folder {str(spec)!r} has no config.json; a local model needs "
+                         "the Hugging Face layout (config.json, weights, tokenizer files)") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ModelError(f"{what} folder {str(spec)!r}: config.json is unreadable or not valid "
+                         f"JSON ({type(err).__name__}: {err})") from None
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if batch_size is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch size {batch_size!r} is not valid; give a positive integer (1, 8, 16 ...)")
 
 
 def run_suite(
@@ -33,20 +110,27 @@ def run_suite(
     device: str | None = None,
     save_arrays: bool = False,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Run ``suite`` and write its run directory; returns the path of ``report.html``.
 
     ``model`` (and ``second_model``) may be names or local directories (loaded with
     :func:`tlprobes.load_model`) or TL models already in memory; by default the suite's.
+    ``out`` defaults to ``runs/<suite name>`` (the name made safe for a folder). An existing,
+    non-empty ``out`` is refused unless ``overwrite=True``, which replaces the whole old run.
     """
     t0 = time.perf_counter()
     if not isinstance(suite, Suite):
         suite = load_suite(find_suite(suite))
     study = get_study(suite.study)
-    out_dir = Path(out) if out is not None else Path("runs") / suite.name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = device or suite.run["device"]
-    torch.manual_seed(suite.run["seed"])
+    _check_batch_size(batch_size)
+    device = check_device(device or suite.run["device"])
+    out_dir = Path(out) if out is not None else Path("runs") / safe_name(suite.name)
+    check_out_dir(out_dir, overwrite=overwrite)
+    model = model if model is not None else suite.model["name"]
+    second = second_model if second_model is not None else (suite.model["second"] or None)
+    check_model_spec(model)
+    check_model_spec(second, "second model")
 
     def say(msg: str) -> None:
         if not quiet:
@@ -59,14 +143,17 @@ def run_suite(
             return load_model(str(spec), device=device, compat=suite.model["compat"])
         return spec
 
-    model = model if model is not None else suite.model["name"]
+    import torch
+
+    torch.manual_seed(suite.run["seed"])
     model_name = model if isinstance(model, (str, Path)) else getattr(model.cfg, "model_name", "model")
     say(f"tlprobes: suite {suite.name!r} (study {suite.study}) on model {str(model_name)!r}")
     t_load = time.perf_counter()
+    say("tlprobes: loading model ...")
     tl_model = load(model)
-    second = second_model if second_model is not None else (suite.model["second"] or None)
     second = load(second) if second is not None else None
     t_load = time.perf_counter() - t_load
+    say(f"tlprobes: model loaded ({t_load:.1f} s)")
     ctx = StudyContext(
         model=tl_model,
         prompts=suite.prompts,
@@ -80,14 +167,15 @@ def run_suite(
         progress=not quiet,
         second_model=second,
     )
+    say(f"tlprobes: capturing and analysing {len(suite.prompts)} prompts ...")
     t_compute = time.perf_counter()
     output = study.compute(ctx)
     t_compute = time.perf_counter() - t_compute
+    say(f"tlprobes: computed ({t_compute:.1f} s)")
     from .._adapter import adapter_for
 
     meta = adapter_for(tl_model).meta.to_dict()
     manifest: dict[str, Any] = {
-        "tlprobes_run": 1,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "suite": suite.to_dict(),
         "model": {**meta, "requested": str(model_name)},
@@ -100,18 +188,29 @@ def run_suite(
         "batch_size": ctx.batch_size,
         "timings_s": {"load_model": round(t_load, 3), "compute": round(t_compute, 3)},
     }
-    write_run(out_dir, output, manifest, save_captures=save_arrays)
-    report_path = render_run(out_dir)
+    say("tlprobes: rendering the report ...")
+    t_render = time.perf_counter()
+    with run_directory(out_dir, overwrite=overwrite) as tmp:
+        write_run(tmp, output, manifest, save_captures=save_arrays)
+        _render_into(tmp)
+    report_path = out_dir / "report.html"
+    say(f"tlprobes: rendered ({time.perf_counter() - t_render:.1f} s)")
     say(f"tlprobes: wrote {out_dir}/ (tables, manifest.json{', captures' if save_arrays else ''})")
     say(f"tlprobes: report at {report_path.resolve()}  ({time.perf_counter() - t0:.1f} s)")
     return report_path
 
 
-def render_run(run_dir: str | Path) -> Path:
-    """(Re)build ``report.html`` of a run directory from its saved tables and arrays, no model."""
+def _render_into(run_dir: Path) -> Path:
     results = load_results(run_dir)
     study = get_study(results.manifest["suite"]["study"])
     report = study.render(results.output(), results.manifest)
-    path = Path(run_dir) / "report.html"
-    report.save_html(path)
-    return path
+    return write_file_atomic(run_dir, "report.html", report.to_html().encode("utf-8"))
+
+
+def render_run(run_dir: str | Path) -> Path:
+    """(Re)build ``report.html`` of a run directory from its saved tables and arrays, no model.
+
+    The hashes and the manifest digest are checked first; the report is written to a temporary file
+    renamed onto ``report.html``, so a ``report.html`` that is a symlink is replaced, never followed.
+    """
+    return _render_into(Path(run_dir))

@@ -30,8 +30,12 @@ key) and what is allowed::
 from __future__ import annotations
 
 import csv
+import io
+import math
+import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +47,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["Suite", "SuiteError", "load_suite", "suites_dir", "find_suite", "list_suites"]
+__all__ = [
+    "Suite", "SuiteError", "load_suite", "suites_dir", "suite_dirs", "suite_files", "find_suite",
+    "list_suites",
+]
 
 
 class SuiteError(TLProbesError, ValueError):
@@ -82,6 +89,24 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
     "analysis": {},  # checked against the study's own schema
 }
 _REQUIRED = {"suite": ("name", "study"), "prompts": ("file",)}
+#: numeric keys (any section) -> (low, high, what): checked after the type
+_OPEN_UNIT = (0.0, 1.0, "a fraction strictly between 0 and 1")
+_POSITIVE = (1, None, "an integer >= 1")
+_RANGES: dict[str, tuple[Any, Any, str]] = {
+    "alpha": _OPEN_UNIT,
+    "test_fraction": _OPEN_UNIT,
+    "batch_size": _POSITIVE,
+    "top_k": _POSITIVE,
+    "max_points": _POSITIVE,
+    "csls_k": _POSITIVE,
+    "n_perm": _POSITIVE,
+    "n_components": _POSITIVE,
+    "rsa_items": _POSITIVE,
+    "plot_words": _POSITIVE,
+    "seed": (0, 2**32 - 1, "an integer from 0 to 2**32 - 1"),
+    "tsne_perplexity": (0.0, None, "a number > 0"),
+    "isf_beta": (0.0, None, "a number > 0"),
+}
 _PADDING = ("right", "left")
 
 
@@ -155,25 +180,70 @@ def _check_value(where: str, key: str, value: Any, want: Any) -> None:
         raise SuiteError(
             f"{where}: {key} must be {_type_name(want)}, got {type(value).__name__} {value!r}"
         )
+    _check_range(where, key, value)
 
 
-def _read_prompts(path: Path, column: str, where: str) -> tuple[list[str], dict[str, list[str]]]:
+def _check_range(where: str, key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SuiteError(f"{where}: {key} must be a finite number, got {value!r}")
+    if key in _RANGES:
+        lo, hi, what = _RANGES[key]
+        strict = isinstance(lo, float)
+        bad = (value <= lo if strict else value < lo) or (
+            hi is not None and (value >= hi if strict else value > hi))
+        if bad:
+            raise SuiteError(f"{where}: {key} = {value!r} is out of range; it must be {what}")
+    elif value < 0:
+        raise SuiteError(f"{where}: {key} = {value!r} must not be negative")
+
+
+def _decode(path: Path, where: str) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise SuiteError(
+            f"{where}: {path.name}:{line} is not UTF-8 text (byte 0x{data[err.start]:02x}); save the "
+            "file as UTF-8 (it may be Latin-1 / cp1252)"
+        ) from None
+
+
+def _lines(text: str) -> list[str]:
+    """Lines split on "\n" only (U+2028, form feeds ... stay inside a prompt); "\r" is dropped."""
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
+
+
+def _read_prompts(path: Path, column: str, where: str) -> tuple[list[str], dict[str, list[str]], list[int]]:
+    """Prompts, extra columns, and each prompt's line number in the file."""
+    text = _decode(path, where)
     if path.suffix == ".tsv":
-        with path.open(encoding="utf-8", newline="") as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
+        try:
+            rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t"))
+        except csv.Error as err:
+            raise SuiteError(f"{where}: prompt file {path.name} is not a valid TSV table ({err})") from None
         if not rows:
-            raise SuiteError(f"{where}: prompt file {path} has no rows")
+            raise SuiteError(f"{where}: prompt file {path.name} has no rows")
         if column not in rows[0]:
             raise SuiteError(
-                f"{where}: prompt file {path} has no column {column!r}; columns: {choices(rows[0])}"
+                f"{where}: prompt file {path.name} has no column {column!r}; columns: {choices(rows[0])}"
             )
+        for i, row in enumerate(rows):
+            if None in row or any(v is None for v in row.values()):
+                raise SuiteError(f"{path}:{i + 2}: row {i} has a different number of tab-separated "
+                                 f"fields than the header ({len(rows[0])} columns)")
         cols = {k: [r[k] for r in rows] for k in rows[0]}
-        return cols[column], cols
-    lines = [ln.rstrip("\n") for ln in path.read_text(encoding="utf-8").splitlines()]
-    prompts = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        return cols[column], cols, [i + 2 for i in range(len(rows))]
+    prompts, numbers = [], []
+    for i, ln in enumerate(_lines(text), 1):
+        if ln.strip() and not ln.lstrip().startswith("#"):
+            prompts.append(ln)
+            numbers.append(i)
     if not prompts:
-        raise SuiteError(f"{where}: prompt file {path} holds no prompts")
-    return prompts, {}
+        raise SuiteError(f"{where}: prompt file {path.name} holds no prompts")
+    return prompts, {}, numbers
 
 
 def _word_in(word: str, text: str) -> bool:
@@ -190,8 +260,8 @@ def load_suite(path: str | Path, *, study_schema: dict[str, tuple[Any, Any]] | N
     """Read and validate a suite file (see the module docstring for the format)."""
     path = Path(path)
     if not path.is_file():
-        raise SuiteError(f"suite file {path} does not exist; available suites: {choices(list_suites())}")
-    text = path.read_text(encoding="utf-8")
+        raise SuiteError(f"suite file {str(path)!r} does not exist; available suites: {choices(list_suites())}")
+    text = _decode(path, str(path))
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -252,25 +322,20 @@ def load_suite(path: str | Path, *, study_schema: dict[str, tuple[Any, Any]] | N
     if run["batch_size"] < 1:
         raise SuiteError(f"{where('run', 'batch_size')}: batch_size must be >= 1")
 
-    pfile = (path.parent / resolved["prompts"]["file"]).resolve()
-    if not pfile.is_file():
-        raise SuiteError(
-            f"{where('prompts', 'file')}: prompt file {resolved['prompts']['file']!r} not found "
-            f"(looked for {pfile})"
-        )
-    prompts, columns = _read_prompts(pfile, resolved["prompts"]["column"], where("prompts", "file"))
+    pfile = _prompt_path(path, resolved["prompts"]["file"], where("prompts", "file"))
+    prompts, columns, numbers = _read_prompts(
+        pfile, resolved["prompts"]["column"], where("prompts", "file"))
     if resolved["prompts"]["limit"]:
         n = resolved["prompts"]["limit"]
-        prompts = prompts[:n]
+        prompts, numbers = prompts[:n], numbers[:n]
         columns = {k: v[:n] for k, v in columns.items()}
     target = resolved["prompts"]["target"]
     if target:
         for i, prompt in enumerate(prompts):
             if not _word_in(target, prompt):
-                line = i + 2 if pfile.suffix == ".tsv" else _prompt_line(pfile, prompt)
                 raise SuiteError(
-                    f"{pfile}:{line}: target {target!r} (from {where('prompts', 'target')}) is absent "
-                    f"from prompt {i}: {prompt!r}"
+                    f"{pfile}:{numbers[i]}: target {target!r} (from {where('prompts', 'target')}) "
+                    f"is absent from prompt {i}: {prompt!r}"
                 )
     return Suite(
         path=path,
@@ -289,11 +354,27 @@ def load_suite(path: str | Path, *, study_schema: dict[str, tuple[Any, Any]] | N
     )
 
 
-def _prompt_line(path: Path, prompt: str) -> int:
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.rstrip("\n") == prompt:
-            return i
-    return 0
+def _prompt_path(suite_path: Path, given: str, where: str) -> Path:
+    """The prompt file, relative to the suite file and inside the suite's folder (symlinks resolved)."""
+    folder = suite_path.resolve().parent
+    raw = Path(given)
+    if raw.is_absolute() or ".." in raw.parts:
+        raise SuiteError(
+            f"{where}: prompt file {given!r} must be a path relative to the suite file, inside its "
+            f"folder {str(folder)!r} (no absolute paths, no '..')"
+        )
+    pfile = (folder / raw).resolve()
+    if not pfile.is_relative_to(folder):
+        raise SuiteError(
+            f"{where}: prompt file {given!r} leads outside the suite's folder {str(folder)!r} "
+            "(through a symlink); copy the file next to the suite"
+        )
+    if not pfile.is_file():
+        raise SuiteError(f"{where}: prompt file {given!r} not found (looked for {pfile})")
+    if pfile.suffix not in (".txt", ".tsv"):
+        raise SuiteError(f"{where}: prompt file {given!r} must be a .txt (one prompt a line) or "
+                         ".tsv (table with a header) file")
+    return pfile
 
 
 def suites_dir() -> Path:
@@ -305,19 +386,49 @@ def suites_dir() -> Path:
     raise InputError("cannot find the probes/ folder with the suites")
 
 
-def list_suites() -> list[str]:
+def suite_dirs(extra: Sequence[str | Path] = ()) -> list[Path]:
+    """Where suites are looked up, first match wins: ``extra`` folders (``--suites DIR``),
+    ``./probes`` in the working directory, then the shipped ``probes/``."""
+    out: list[Path] = []
+    cands = [Path(d) for d in extra] + [Path.cwd() / "probes"]
     try:
-        return sorted(p.stem for p in suites_dir().glob("*.toml"))
+        cands.append(suites_dir())
     except InputError:
-        return []
+        pass
+    for d in cands:
+        if d.is_dir() and all(d.resolve() != o.resolve() for o in out):
+            out.append(d)
+    return out
 
 
-def find_suite(name_or_path: str | Path) -> Path:
-    """A suite by path, or by name from ``probes/`` (``angles`` -> ``probes/angles.toml``)."""
+def suite_files(extra: Sequence[str | Path] = ()) -> dict[str, Path]:
+    """Suite name -> file, over :func:`suite_dirs` (earlier folders shadow later ones)."""
+    found: dict[str, Path] = {}
+    for d in suite_dirs(extra):
+        for p in sorted(d.glob("*.toml")):
+            found.setdefault(p.stem, p)
+    return dict(sorted(found.items()))
+
+
+def list_suites(extra: Sequence[str | Path] = ()) -> list[str]:
+    """Names of the suites in ``extra`` folders, ``./probes`` and the shipped ``probes/``."""
+    return list(suite_files(extra))
+
+
+def find_suite(name_or_path: str | Path, extra: Sequence[str | Path] = ()) -> Path:
+    """A suite by path, or by name (``angles`` -> ``probes/angles.toml``, see :func:`suite_dirs`)."""
     p = Path(name_or_path)
     if p.is_file():
         return p
-    candidate = suites_dir() / f"{p.stem}.toml"
-    if candidate.is_file():
-        return candidate
-    raise SuiteError(f"no suite {str(name_or_path)!r}; available: {choices(list_suites())}")
+    if p.exists():
+        raise SuiteError(f"suite {str(name_or_path)!r} is not a file; give a .toml suite file or a name")
+    files = suite_files(extra)
+    if str(name_or_path) in files:
+        return files[str(name_or_path)]
+    if p.suffix == ".toml" and p.stem in files:  # "angles.toml" given from another folder
+        return files[p.stem]
+    import difflib
+
+    close = difflib.get_close_matches(str(name_or_path), list(files), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise SuiteError(f"no suite {str(name_or_path)!r}{hint} available: {choices(files)}")
