@@ -35,6 +35,11 @@ class ActivationCapture(Captured):
     site: str
     layers: tuple[int, ...]
 
+    def _token_metrics(self) -> dict[str, Tensor]:
+        """Per token: the norm of the activation at each captured layer (the view's menu)."""
+        v = self.values.double().flatten(start_dim=3)
+        return {f"|{self.site}| layer {l}": v[i].norm(dim=-1) for i, l in enumerate(self.layers)}
+
 
 @dataclass(frozen=True)
 class Activation(Probe):

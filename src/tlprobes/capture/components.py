@@ -34,6 +34,15 @@ class ComponentsCapture(Captured):
     mlp_out: Float[Tensor, "layer batch k d_model"] | None
     layers: tuple[int, ...]
 
+    def _token_metrics(self) -> dict[str, Tensor]:
+        """Per token: the norm of what each block's attention and MLP write (the view's menu)."""
+        out: dict[str, Tensor] = {}
+        for i, layer in enumerate(self.layers):
+            for part, t in (("attn", self.attn_out), ("mlp", self.mlp_out)):
+                if t is not None:
+                    out[f"|{part}_out| block {layer}"] = t[i].double().norm(dim=-1)
+        return out
+
 
 @dataclass(frozen=True)
 class Components(Probe):

@@ -16,6 +16,7 @@ from __future__ import annotations
 from ._attention import SUMMARY_LABELS as SUMMARY_LABELS
 from ._attention import attention_layers_view as attention_layers_view
 from ._attention import attention_overview as attention_overview
+from ._attention import attention_prompts_view as attention_prompts_view
 from ._attention import attention_view as attention_view
 from ._attention import head_summaries as head_summaries
 from ._escape import escape_html as escape_html
@@ -45,6 +46,7 @@ __all__ = [
     "Report",
     "attention_layers_view",
     "attention_overview",
+    "attention_prompts_view",
     "attention_view",
     "circuitsvis_bundle",
     "escape_html",

@@ -30,6 +30,7 @@ from ._escape import escape_html
 
 __all__ = [
     "GROUP_COLORS",
+    "InlineFigure",
     "plot_angle_trajectories",
     "plot_path_decomposition",
     "plot_cosine_heatmap",
@@ -73,7 +74,7 @@ def _x(layers: Sequence[object] | None, n: int) -> tuple[np.ndarray, list[str] |
 
 
 def _figure(figsize: tuple[float, float], ncols: int = 1) -> tuple[Figure, list]:
-    fig = Figure(figsize=figsize, layout="constrained")
+    fig = InlineFigure(figsize=figsize, layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, list(axes)
 
@@ -457,3 +458,23 @@ def figure_to_html(
         svg = buf.getvalue().decode("utf-8")
         return svg[svg.index("<svg") :]
     raise InputError(f"unknown figure format {fmt!r}; choose one of {choices(['png', 'svg'])}")
+
+
+class InlineFigure(Figure):
+    """A matplotlib ``Figure`` that shows itself in Jupyter as a PNG, with no ``%matplotlib``.
+
+    The ``plot_*`` functions return it; it is a plain ``Figure`` otherwise (``savefig``, axes...).
+
+        >>> fig = InlineFigure(figsize=(2, 1)); _ = fig.subplots().plot([0, 1])
+        >>> fig._repr_png_()[:4]
+        b'\\x89PNG'
+    """
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=90)
+        return buf.getvalue()
+
+    def __repr__(self) -> str:
+        w, h = self.get_size_inches()
+        return f"<Figure {w:g}x{h:g} in, {len(self.axes)} axes>"
