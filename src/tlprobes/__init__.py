@@ -75,6 +75,7 @@ _LAZY = {
     "PathAccumulator": ("tlprobes.analysis", "PathAccumulator"),
     "DriftAccumulator": ("tlprobes.analysis", "DriftAccumulator"),
     "AnisotropyAccumulator": ("tlprobes.analysis", "AnisotropyAccumulator"),
+    "from_cache": ("tlprobes._interop", "from_cache"),
     "models": ("tlprobes.models", None),
     "load_model": ("tlprobes.models", "load_model"),
     "shipped_models": ("tlprobes.models", "shipped_models"),

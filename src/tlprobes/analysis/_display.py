@@ -32,6 +32,9 @@ __all__ = ["short_repr", "summary_html", "plot_result", "fmt_number"]
 
 _MAX_ROWS = 12
 _MAX_COLS = 8
+# which statistics a small table shows first (means and adjusted p-values before spreads and counts)
+_PRIORITY = {"mean": 0, "mean_diff": 0, "value": 0, "r": 0, "p_fdr_bh": 1, "d_z": 2, "hedges_g": 2,
+             "median": 3, "ci_low": 4, "ci_high": 4, "sd": 5, "sem": 5, "n": 6}
 
 
 def fmt_number(v: Any) -> str:
@@ -119,7 +122,7 @@ def _small_table(obj: Any) -> tuple[str, str]:
             index="layer", columns=["group", "statistic"], values="value", aggfunc="first",
             sort=False,
         )
-        cols = list(wide.columns)
+        cols = sorted(wide.columns, key=lambda c: _PRIORITY.get(str(c[1]), 9))  # stable
         if len(cols) > _MAX_COLS:
             note = f"{len(cols) - _MAX_COLS} more columns"
             cols = cols[:_MAX_COLS]
