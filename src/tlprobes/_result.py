@@ -19,7 +19,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from ._adapter import Meta
-from ._errors import choices
+from ._errors import InputError, choices
 
 __all__ = ["Displayable", "Inputs", "Result", "pad_cat"]
 
@@ -105,6 +105,20 @@ class Displayable:
                 return self._build()
 
         return _View(self._build_page)
+
+    def view(self, **options: Any) -> Any:
+        """The notebook view as a :class:`~tlprobes.render.Page`, with the view's options
+        (``AttentionCapture``: ``prompt=``, ``layer=``); it displays itself and saves to HTML."""
+        import inspect
+
+        allowed = [p for p in inspect.signature(self._build_page).parameters]
+        bad = [k for k in options if k not in allowed]
+        if bad:
+            raise InputError(
+                f"{type(self).__name__}.view() got unknown option(s) {bad}; "
+                f"valid: {choices(allowed) if allowed else 'none'}"
+            )
+        return self._build_page(**options)
 
     def to_html(self, *, full: bool = True) -> str:
         return self._mixin().to_html(full=full)

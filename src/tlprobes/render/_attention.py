@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from jaxtyping import Bool, Float, Int
@@ -266,7 +266,7 @@ def attention_prompts_view(
         )
     if len(str_tokens) != n_batch:
         raise InputError(f"got str_tokens for {len(str_tokens)} prompts; the pattern has {n_batch}")
-    m = None if mask is None else as_numpy(mask)
+    m = None if mask is None else as_numpy(mask) > 0
     labels = (
         [str(x) for x in prompt_labels]
         if prompt_labels is not None
@@ -285,7 +285,7 @@ def attention_prompts_view(
 def _layers_widget(
     patterns: list[np.ndarray],
     str_tokens: list[Sequence[str]],
-    masks: list[MaskLike],
+    masks: list[Any],
     prompt_labels: list[str] | None,
     *,
     layers: Sequence[int] | None,

@@ -131,7 +131,8 @@ RUNTIME_JS = r"""
           info.textContent = JSON.stringify(t) + " (position " + i + ") attends most to " +
             JSON.stringify(P.tokens[best[0]]) + " (" + tlp.fmt(best[1]) + ")" +
             (bestBy[0] >= 0 ? "; attended most by " + JSON.stringify(P.tokens[bestBy[0]]) +
-              " (" + tlp.fmt(bestBy[1]) + ")" : "; nothing after it attends to it");
+              " (" + tlp.fmt(bestBy[1]) + ")" : "; nothing after it attends to it") +
+            " [" + (h >= 0 ? hs[h] : "mean of heads") + "]";
           root.setAttribute("data-hover", String(i));
         });
         spans.push(s);
