@@ -2,10 +2,13 @@
 
 ::
 
-    >>> result = tp.run(model, ["The cat saw her."], tp.Residual())   # doctest: +SKIP
-    >>> result.residual.resid.shape                                    # doctest: +SKIP
-    torch.Size([5, 1, 6, 64])
-    >>> result.inputs.str_tokens[0]                                    # doctest: +SKIP
+    >>> import tlprobes as tp
+    >>> model = tp.load_model()
+    >>> result = tp.run(model, ["The cat saw her."], tp.Residual())
+    >>> result.residual.resid.shape
+    torch.Size([5, 1, 6, 128])
+    >>> result.inputs.str_tokens[0]
+    ['<|endoftext|>', 'The', ' cat', ' saw', ' her', '.']
 """
 
 from __future__ import annotations

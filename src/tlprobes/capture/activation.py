@@ -2,8 +2,13 @@
 
 ::
 
-    >>> tp.Activation("resid_mid", layers=[1, 2])                    # doctest: +SKIP
-    >>> tp.Activation("blocks.0.mlp.hook_post", positions="last")    # doctest: +SKIP
+    >>> tp.Activation("resid_mid", layers=[1, 2])
+    Activation(site='resid_mid', layers=[1, 2], positions='all', name='activation')
+    >>> model = tp.load_model()
+    >>> act = tp.run(model, ["Mary saw her brother."],
+    ...              tp.Activation("blocks.0.mlp.hook_post", positions="last")).activation
+    >>> act.values.shape                                 # [layer, batch, 1, d_mlp]
+    torch.Size([1, 1, 1, 512])
 
 Site names are checked against the model when the probe is attached; a typo fails with the valid
 names (TL 3.9's bridge would silently ignore it).

@@ -3,9 +3,10 @@
 Rows are the attending (destination) positions, columns the attended (source) ones; each valid row
 sums to 1 and padded keys get 0. ``capture.attention_mask`` says which rows and columns are real::
 
-    >>> att = tp.run(model, prompts, tp.Attention(layers=[0, 2], heads=[1])).attention  # doctest: +SKIP
-    >>> att.pattern_at(2).shape                                                        # doctest: +SKIP
-    torch.Size([batch, 1, seq, seq])
+    >>> model, prompts = tp.load_model(), ["Mary saw her brother.", "John gave her a book."]
+    >>> att = tp.run(model, prompts, tp.Attention(layers=[0, 2], heads=[1])).attention
+    >>> att.pattern_at(2).shape                          # [batch, head, dest, src]
+    torch.Size([2, 1, 7, 7])
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 x_{l+1} - x_l = attn_out_l + mlp_out_l exactly (tested against the residual captures)::
 
-    >>> tp.run(model, prompts, tp.Components(layers=[0, 1])).components.attn_out.shape  # doctest: +SKIP
-    torch.Size([2, batch, pos, d_model])
+    >>> model, prompts = tp.load_model(), ["Mary saw her brother.", "John gave her a book."]
+    >>> tp.run(model, prompts, tp.Components(layers=[0, 1])).components.attn_out.shape
+    torch.Size([2, 2, 7, 128])
 """
 
 from __future__ import annotations

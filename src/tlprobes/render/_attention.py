@@ -237,7 +237,7 @@ def attention_prompts_view(
     """Prompt, layer and head selectors over a batch of patterns (a capture's ``pattern``).
 
         >>> import numpy as np
-        >>> pat = np.tril(np.ones((2, 3, 4, 5, 5))); pat /= pat.sum(-1, keepdims=True)
+        >>> pat = np.tril(np.ones((2, 2, 3, 5, 5))); pat /= pat.sum(-1, keepdims=True)
         >>> toks = [["<s>", "a", "b", "c", "d"], ["<s>", "x", "y", "z", "<pad>"]]
         >>> page = attention_prompts_view(pat, toks, mask=np.array([[1] * 5, [1, 1, 1, 1, 0]]))
         >>> page.n_views                      # one widget, each prompt decoded when chosen
