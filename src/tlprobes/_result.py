@@ -89,7 +89,9 @@ class Inputs:
 
 
 class Displayable:
-    """Offline HTML display for results: ``_repr_html_`` in Jupyter, ``to_html``, ``save_html``, ``show``.
+    """Offline HTML display for results: ``_repr_html_`` in Jupyter, ``to_html``, ``save_html``,
+    ``show`` and ``view(**options)``. ``Report.add_view`` takes any of them (the renderers register
+    this class as an ``HTMLDisplayMixin``).
 
     Subclasses define ``_build_page()``; the renderers load on first display (no network, ever).
     """
@@ -109,6 +111,19 @@ class Displayable:
 
         return _View(self._build_page)
 
+    def to_html(self, *, full: bool = True) -> str:
+        return self._mixin().to_html(full=full)
+
+    def _repr_html_(self) -> str:
+        return self._mixin()._repr_html_()
+
+    def save_html(self, path: Any) -> Any:
+        """Write one self-contained HTML file and return its path."""
+        return self._mixin().save_html(path)
+
+    def show(self) -> Any:
+        return self._mixin().show()
+
     def view(self, **options: Any) -> Any:
         """The notebook view as a :class:`~tlprobes.render.Page`, with the view's options
         (``AttentionCapture``: ``prompt=``, ``layer=``); it displays itself and saves to HTML."""
@@ -122,19 +137,6 @@ class Displayable:
                 f"valid: {choices(allowed) if allowed else 'none'}"
             )
         return self._build_page(**options)
-
-    def to_html(self, *, full: bool = True) -> str:
-        return self._mixin().to_html(full=full)
-
-    def _repr_html_(self) -> str:
-        return self._mixin()._repr_html_()
-
-    def save_html(self, path: Any) -> Any:
-        """Write one self-contained HTML file and return its path."""
-        return self._mixin().save_html(path)
-
-    def show(self) -> Any:
-        return self._mixin().show()
 
 
 class Result(Displayable, Mapping[str, Any]):

@@ -42,7 +42,9 @@ class ActivationCapture(Captured):
 
     def _token_metrics(self) -> dict[str, Tensor]:
         """Per token: the norm of the activation at each captured layer (the view's menu)."""
-        v = self.values.double().flatten(start_dim=3)
+        from einops import rearrange
+
+        v = rearrange(self.values.double(), "layer batch k ... -> layer batch k (...)")
         return {f"|{self.site}| layer {l}": v[i].norm(dim=-1) for i, l in enumerate(self.layers)}
 
 

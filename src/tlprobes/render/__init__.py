@@ -35,6 +35,7 @@ from ._plots import plot_trajectories as plot_trajectories
 from ._report import Report as Report
 from ._report import manifest_table as manifest_table
 from ._repr import HTMLDisplayMixin as HTMLDisplayMixin
+from ._repr import notebook_bundle as notebook_bundle
 from ._tokens import logit_lens_table as logit_lens_table
 from ._tokens import token_view as token_view
 
@@ -54,6 +55,7 @@ __all__ = [
     "head_summaries",
     "logit_lens_table",
     "manifest_table",
+    "notebook_bundle",
     "plot_angle_trajectories",
     "plot_cosine_heatmap",
     "plot_path_decomposition",

@@ -24,6 +24,7 @@ MRO) and still has ``save_html``.
 
 from __future__ import annotations
 
+import abc
 import os
 import sys
 import tempfile
@@ -106,7 +107,7 @@ def notebook_fragment(html: str) -> str:
     return html.replace(bundle, _OMITTED, 1)
 
 
-class HTMLDisplayMixin:
+class HTMLDisplayMixin(metaclass=abc.ABCMeta):
     """Adds offline ``_repr_html_``, ``to_html``, ``save_html``, ``save`` and ``show`` to a class."""
 
     def _build_page(self) -> Page | str:
@@ -153,3 +154,14 @@ class HTMLDisplayMixin:
         path = self.save_html(name)
         webbrowser.open(path.resolve().as_uri())
         return path
+
+
+def _register_results() -> None:
+    """Captures and results display through their own ``Displayable`` base (kept free of the
+    renderers so ``import tlprobes`` stays light); they count as displayable here."""
+    from .._result import Displayable
+
+    HTMLDisplayMixin.register(Displayable)
+
+
+_register_results()
