@@ -222,6 +222,11 @@ def test_capture_views_show_something(shipped):
     assert props["labels"][:2] == ["|attn_out| block 0", "|mlp_out| block 0"]
     want = comp.attn_out[0, 0, :, :].double().norm(dim=-1)[comp.mask[0]]
     np.testing.assert_allclose(np.array(props["values"])[:, 0], want.numpy(), rtol=1e-3)
+    act = tp.run(tp.load_model(), ["Mary saw her brother."],
+                 tp.Activation("blocks.1.mlp.hook_post")).activation
+    ((_, aprops),) = mounted(act._build_page().to_html())
+    np.testing.assert_allclose(np.array(aprops["values"])[:, 0],
+                               act.values[0, 0].double().norm(dim=-1).numpy(), rtol=1e-3)
     # choose the prompt and layer of the attention view
     att = res.attention.view(prompt=2, layer=1)
     from render_helpers import widgets

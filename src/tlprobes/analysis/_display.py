@@ -272,7 +272,7 @@ def plot_result(obj: Any, **kwargs: Any) -> Any:
         return P.plot_path_decomposition(
             np.nanmean(obj.attn_proj, axis=tuple(range(1, obj.attn_proj.ndim))),
             np.nanmean(obj.mlp_proj, axis=tuple(range(1, obj.mlp_proj.ndim))),
-            layers=[str(x) for x in obj.layers], ylabel="mean signed step share",
+            layers=[str(x) for x in obj.layers], ylabel="mean projection on the step",
             title=title, **kwargs,
         )
     summary = getattr(obj, "summary", None)
