@@ -117,7 +117,8 @@ def test_plot_functions_return_inline_figures():
     png = fig._repr_png_()
     assert png[:4] == b"\x89PNG"
     # IPython picks it up with no %matplotlib: its png formatter reads _repr_png_
-    from IPython.core.formatters import PNGFormatter
+    formatters = pytest.importorskip("IPython.core.formatters", reason="IPython is on tl4 only")
+    PNGFormatter = formatters.PNGFormatter
 
     assert PNGFormatter()(fig) == png
 
