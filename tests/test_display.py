@@ -37,11 +37,25 @@ import inspect  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from browser_fixtures import browser, offline  # noqa: E402,F401  (fixtures)
+from browser_fixtures import CHROMIUM_ARGS, find_chromium, offline  # noqa: E402,F401  (fixture)
 
 import tlprobes.analysis as ta  # noqa: E402
 from tlprobes.analysis._tables import FrameMixin  # noqa: E402
 from tlprobes.render import _repr  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Module-scoped (browser_fixtures' is session-scoped per importing module, and two live
+    sync_playwright instances in one process collide): closed before the next module starts."""
+    path = find_chromium()
+    if path is None:
+        pytest.skip("no Chromium: install Debian's (apt-get install -y chromium) or set CHROMIUM_PATH")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright-python is not installed")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +172,7 @@ def test_bundle_sent_once_per_kernel_and_again_when_its_cell_reruns(shipped, mon
 
 
 @pytest.mark.browser
-def test_saved_outputs_render_in_order_without_repeating_the_bundle(shipped, monkeypatch, offline,  # noqa: F811
+def test_saved_outputs_render_in_order_without_repeating_the_bundle(shipped, monkeypatch, offline,
                                                                     tmp_path):
     """Outputs of a saved notebook, joined in order as a browser shows them: every view draws."""
     _, res = shipped
