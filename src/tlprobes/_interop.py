@@ -111,7 +111,8 @@ def from_cache(
     n_layers = int(model.cfg.n_layers) if model is not None else None
     keys = list(cache.cache_dict)
     if n_layers is None:
-        found = [int(k.split(".")[1]) for k in keys if k.startswith("blocks.") and "hook_resid_pre" in k]
+        found = [int(k.split(".")[1]) for k in keys
+                 if k.startswith("blocks.") and "hook_resid_pre" in k]
         n_layers = max(found) + 1 if found else 0
     L = range(n_layers)
     resid = None
@@ -143,7 +144,8 @@ def from_cache(
         am = torch.as_tensor(mask).detach().cpu()
         if am.ndim == 1:
             am = am[None]
-        if tuple(am.shape) != (batch, seq) or not torch.isin(am.float(), torch.tensor([0.0, 1.0])).all():
+        binary = torch.isin(am.float(), torch.tensor([0.0, 1.0])).all()
+        if tuple(am.shape) != (batch, seq) or not binary:
             raise InputError(f"mask must be bool or 0/1 of shape [batch, pos] = {(batch, seq)}; "
                              f"got {tuple(am.shape)}")
         am = am.bool()

@@ -65,7 +65,9 @@ def notebook_bundle(mode: str = "once") -> None:
     from .._errors import InputError, choices
 
     if mode not in ("once", "always"):
-        raise InputError(f"unknown bundle mode {mode!r}; choose one of {choices(['once', 'always'])}")
+        raise InputError(
+            f"unknown bundle mode {mode!r}; choose one of {choices(['once', 'always'])}"
+        )
     _BUNDLE_STATE.update(mode=mode, cell=None, count=None)
 
 
