@@ -3,10 +3,15 @@
 ::
 
     >>> import tlprobes as tp
-    >>> with tp.attach(model, tp.Residual(), tp.Attention(layers=[0, 2]), tp.LogitLens(top_k=5)) as s:  # doctest: +SKIP
-    ...     model(tokens, attention_mask=mask)
-    >>> result = s.result                                                                          # doctest: +SKIP
-    >>> result = tp.run(model, prompts, tp.Residual(positions="last"), batch_size=16)              # doctest: +SKIP
+    >>> model = tp.load_model()            # the shipped 4-layer model, or any TL model of yours
+    >>> prompts = ["Mary saw her brother.", "John gave her a book."]
+    >>> with tp.attach(model, tp.Residual(), tp.Attention(layers=[0, 2]), tp.LogitLens(top_k=5)) as s:
+    ...     _ = model(prompts)             # any forward call of yours
+    >>> s.result.residual.resid.shape      # [x_0..x_4, batch, pos, d_model]
+    torch.Size([5, 2, 7, 128])
+    >>> result = tp.run(model, prompts, tp.Residual(positions="last"), batch_size=16)
+    >>> result.residual.resid.shape
+    torch.Size([5, 2, 1, 128])
 
 The public API is exactly what this module shows; everything else lives in private modules.
 """
@@ -98,6 +103,7 @@ _LAZY = {
     "PathAccumulator": ("tlprobes.analysis", "PathAccumulator"),
     "DriftAccumulator": ("tlprobes.analysis", "DriftAccumulator"),
     "AnisotropyAccumulator": ("tlprobes.analysis", "AnisotropyAccumulator"),
+    "from_cache": ("tlprobes._interop", "from_cache"),
     "models": ("tlprobes.models", None),
     "load_model": ("tlprobes.models", "load_model"),
     "shipped_models": ("tlprobes.models", "shipped_models"),

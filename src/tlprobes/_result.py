@@ -2,10 +2,13 @@
 
 ::
 
-    >>> result = tp.run(model, ["The cat saw her."], tp.Residual())   # doctest: +SKIP
-    >>> result.residual.resid.shape                                    # doctest: +SKIP
-    torch.Size([5, 1, 6, 64])
-    >>> result.inputs.str_tokens[0]                                    # doctest: +SKIP
+    >>> import tlprobes as tp
+    >>> model = tp.load_model()
+    >>> result = tp.run(model, ["The cat saw her."], tp.Residual())
+    >>> result.residual.resid.shape
+    torch.Size([5, 1, 6, 128])
+    >>> result.inputs.str_tokens[0]
+    ['<|endoftext|>', 'The', ' cat', ' saw', ' her', '.']
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from ._adapter import Meta
-from ._errors import choices
+from ._errors import InputError, choices
 
 __all__ = ["Displayable", "Inputs", "Result", "pad_cat"]
 
@@ -86,7 +89,9 @@ class Inputs:
 
 
 class Displayable:
-    """Offline HTML display for results: ``_repr_html_`` in Jupyter, ``to_html``, ``save_html``, ``show``.
+    """Offline HTML display for results: ``_repr_html_`` in Jupyter, ``to_html``, ``save_html``,
+    ``show`` and ``view(**options)``. ``Report.add_view`` takes any of them (the renderers register
+    this class as an ``HTMLDisplayMixin``).
 
     Subclasses define ``_build_page()``; the renderers load on first display (no network, ever).
     """
@@ -118,6 +123,20 @@ class Displayable:
 
     def show(self) -> Any:
         return self._mixin().show()
+
+    def view(self, **options: Any) -> Any:
+        """The notebook view as a :class:`~tlprobes.render.Page`, with the view's options
+        (``AttentionCapture``: ``prompt=``, ``layer=``); it displays itself and saves to HTML."""
+        import inspect
+
+        allowed = [p for p in inspect.signature(self._build_page).parameters]
+        bad = [k for k in options if k not in allowed]
+        if bad:
+            raise InputError(
+                f"{type(self).__name__}.view() got unknown option(s) {bad}; "
+                f"valid: {choices(allowed) if allowed else 'none'}"
+            )
+        return self._build_page(**options)
 
 
 class Result(Displayable, Mapping[str, Any]):

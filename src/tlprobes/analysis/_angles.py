@@ -144,7 +144,7 @@ def resolve_targets(
     return t
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class AngleTrajectory(FrameMixin):
     """Angles (degrees) between a token's states at consecutive layers, per condition.
 
@@ -279,7 +279,7 @@ def angle_trajectory(
     return AngleTrajectory(np.arange(1, L + 1), angles, valid, summary, tests, t, cidx, settings)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class WithinLayerAngles(FrameMixin):
     """Angles between tokens inside each layer (lecture 226), ``layers`` = 0..L.
 

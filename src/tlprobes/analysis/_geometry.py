@@ -76,7 +76,7 @@ def _fix_signs(components: np.ndarray) -> np.ndarray:
     return sign
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class PCAResult(FrameMixin):
     """PCA eigenstructure. ``components`` ``[k, d]`` (sign fixed: largest |loading| positive),
     ``explained_variance`` (eigenvalues, ddof=1 when centred), ``explained_variance_ratio``,
@@ -146,7 +146,7 @@ def pca(
                      {"center": center, "n_components": k})
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class TSNEResult(FrameMixin):
     """A t-SNE embedding with sklearn's ``kl_divergence`` and the trustworthiness of the map."""
 
@@ -203,7 +203,7 @@ def _cka(X: np.ndarray, Y: np.ndarray) -> float:
     return float(num / den) if den > 0 else np.nan
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Drift(FrameMixin):
     """Representation drift per layer l = 1..L over the included tokens:
     ``fro`` = |Z_l - Z_(l-1)|_F,
@@ -310,7 +310,7 @@ def drift(
     return Drift(res.layers, res.fro, res.relative, res.cosine, cka, res.n, res.n_nan, settings)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Anisotropy(FrameMixin):
     """Mean cosine over all distinct pairs of included token vectors, per layer 0..L (exact, from
     the sum of unit vectors: (|sum u|^2 - n) / (n (n - 1)))."""
@@ -400,7 +400,7 @@ def anisotropy(
     return res
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class StateSpace(FrameMixin):
     """Token trajectories ``[L+1, n_items, k]`` in one PCA basis fitted on all (item, layer) rows;
     per-group mean trajectories ``group_means [G, L+1, k]``; per-layer distances between group

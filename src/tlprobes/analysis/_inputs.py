@@ -79,6 +79,10 @@ def as_states(
     ``mask`` is ``[batch, pos]`` (True = valid); ``None`` means all valid.
     """
     extra: dict[str, Any] = {}
+    if type(data).__name__ == "ActivationCache":  # a TransformerLens cache: see tlprobes.from_cache
+        from .._interop import capture_from_cache
+
+        data = capture_from_cache(data, attr, mask=mask)
     if hasattr(data, attr) and not hasattr(data, "shape"):
         cap = data
         values = getattr(cap, attr)

@@ -39,7 +39,7 @@ __all__ = [
 Array = np.ndarray | torch.Tensor
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class LogitLensResult(FrameMixin):
     """Per-layer lens read-outs ``[L+1, B, P, ...]`` (layer 0 = embeddings, L = final state);
     ``target_rank`` is 0-based (#logits strictly above the target's), ``kl_to_final`` is
@@ -226,7 +226,7 @@ def logit_lens(
                            _summaries(res, m3, has_t), settings)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class WeightTying(FrameMixin):
     """How close W_U is to W_E^T: ``max_abs_diff``, ``relative_diff`` (Frobenius),
     ``mean_cosine`` of matching token vectors and ``tied`` (relative_diff <= tol)."""
@@ -275,7 +275,7 @@ def effective_rank(x: Real[Array, ...]) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Spectrum(FrameMixin):
     """Singular values of a matrix, their variance fractions s^2/sum s^2, the effective rank,
     participation ratio (sum s^2)^2/sum s^4 and k95 (components for > 95% of s^2)."""

@@ -43,7 +43,7 @@ def _flat(x: np.ndarray) -> np.ndarray:
     return x.reshape(x.shape[0], -1)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class PathLength(FrameMixin):
     """Per-token path through the layers. ``steps``/``cumulative``/``relative_steps`` are
     ``[L, B, P]``: row i is the step x_(i+1) - x_i, labelled layer i + 1 (``layers`` = 1..L),
@@ -140,7 +140,7 @@ def path_length(
                       p["total"], p["displacement"], p["straightness"], inc, summary, settings)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class StepDecomposition(FrameMixin):
     """Each block's step Δ_l = a_l + m_l split into attention and MLP parts, ``[L, B, P]``.
 
@@ -347,7 +347,7 @@ def path_logit_correlation(
     return correlation(vals[keep], nv[keep], excluded=tuple(excluded))
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class PathSummary(FrameMixin):
     """Streamed path-length summaries: per-layer ``steps`` and, per group, token-level
     ``total[group]`` and ``straightness[group]`` (one-entry summaries; straightness is NaN when

@@ -213,7 +213,7 @@ def shared_vocabulary(
     return (common, np.array([vocab_a[t] for t in common]), np.array([vocab_b[t] for t in common]))
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class EmbeddingMap(FrameMixin):
     """A Procrustes map fitted on paired rows (a shared vocabulary, or one layer's states vs
     another's) and evaluated on held-out pairs. ``scores[name]`` holds ``p_at_k_nn``,

@@ -65,7 +65,7 @@ def _standardise(a: np.ndarray, how: str) -> np.ndarray:
     return a / norm if norm > 0 else np.full_like(a, np.nan, dtype=float)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class RSAResult(FrameMixin):
     """RSA score ``r`` between two RDMs (strict upper triangle), Mantel permutation p-value
     p = (1 + #{null >= r}) / (1 + n_perm) (NaN when ``n_perm`` = 0) and the ``null`` draws."""

@@ -37,7 +37,7 @@ Layers = Sequence[int] | np.ndarray | None
 CORRECTIONS = ("bonferroni", "course", "fdr_bh", "none")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class LayerSummary(FrameMixin):
     """Per-layer n, mean, sd (ddof=1), sem, 95% CI (t-based), median and NaN count."""
 
@@ -131,7 +131,7 @@ def adjust_pvalues(
     return out
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class PairedTest(FrameMixin):
     """Per-layer paired t-test of a - b over the same items (``scipy.stats.ttest_rel``).
 
@@ -208,7 +208,7 @@ def paired_test(
     )
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class IndependentTest(FrameMixin):
     """Per-layer Welch t-test and Mann-Whitney U of two independent groups, FDR-BH across layers."""
 
@@ -261,7 +261,7 @@ def independent_test(
     )
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Correlation(FrameMixin):
     """Pearson r and Spearman rho with p-values over ``n`` finite pairs; ``excluded`` says what was
     dropped before (e.g. first/last positions, padding)."""

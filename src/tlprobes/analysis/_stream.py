@@ -45,7 +45,7 @@ def check_mergeable(a: Any, b: Any) -> None:
         sa.setdefault("mode", sb["mode"])
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class StreamedSummary(FrameMixin):
     """Per-layer n/mean/sd/sem/CI of one streamed statistic, per group (the median is NaN: it
     cannot be streamed)."""

@@ -37,7 +37,23 @@ def long_frame(
 
 
 class FrameMixin:
-    """Gives a result with ``to_frame()`` a notebook view (its tidy table as HTML)."""
+    """Gives a result with ``to_frame()`` its notebook face: a one-line ``repr``, a compact HTML
+    card (summary line + small table) and ``plot()`` (see :mod:`tlprobes.analysis._display`).
+
+    Result dataclasses use ``@dataclass(..., repr=False)`` so this ``__repr__`` is theirs."""
+
+    def __repr__(self) -> str:
+        from ._display import short_repr
+
+        return short_repr(self)
 
     def _repr_html_(self) -> str:
-        return self.to_frame().to_html(max_rows=60)  # type: ignore[attr-defined]
+        from ._display import summary_html
+
+        return summary_html(self)
+
+    def plot(self, **kwargs: Any) -> Any:
+        """The result's natural figure (a matplotlib ``Figure`` that shows itself in Jupyter)."""
+        from ._display import plot_result
+
+        return plot_result(self, **kwargs)

@@ -2,8 +2,13 @@
 
 ::
 
-    >>> tp.Activation("resid_mid", layers=[1, 2])                    # doctest: +SKIP
-    >>> tp.Activation("blocks.0.mlp.hook_post", positions="last")    # doctest: +SKIP
+    >>> tp.Activation("resid_mid", layers=[1, 2])
+    Activation(site='resid_mid', layers=[1, 2], positions='all', name='activation')
+    >>> model = tp.load_model()
+    >>> act = tp.run(model, ["Mary saw her brother."],
+    ...              tp.Activation("blocks.0.mlp.hook_post", positions="last")).activation
+    >>> act.values.shape                                 # [layer, batch, 1, d_mlp]
+    torch.Size([1, 1, 1, 512])
 
 Site names are checked against the model when the probe is attached; a typo fails with the valid
 names (TL 3.9's bridge would silently ignore it).
@@ -34,6 +39,13 @@ class ActivationCapture(Captured):
     values: Float[Tensor, "layer batch k *rest"]
     site: str
     layers: tuple[int, ...]
+
+    def _token_metrics(self) -> dict[str, Tensor]:
+        """Per token: the norm of the activation at each captured layer (the view's menu)."""
+        from einops import rearrange
+
+        v = rearrange(self.values.double(), "layer batch k ... -> layer batch k (...)")
+        return {f"|{self.site}| layer {l}": v[i].norm(dim=-1) for i, l in enumerate(self.layers)}
 
 
 @dataclass(frozen=True)

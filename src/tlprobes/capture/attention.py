@@ -3,9 +3,10 @@
 Rows are the attending (destination) positions, columns the attended (source) ones; each valid row
 sums to 1 and padded keys get 0. ``capture.attention_mask`` says which rows and columns are real::
 
-    >>> att = tp.run(model, prompts, tp.Attention(layers=[0, 2], heads=[1])).attention  # doctest: +SKIP
-    >>> att.pattern_at(2).shape                                                        # doctest: +SKIP
-    torch.Size([batch, 1, seq, seq])
+    >>> model, prompts = tp.load_model(), ["Mary saw her brother.", "John gave her a book."]
+    >>> att = tp.run(model, prompts, tp.Attention(layers=[0, 2], heads=[1])).attention
+    >>> att.pattern_at(2).shape                          # [batch, head, dest, src]
+    torch.Size([2, 1, 7, 7])
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .._adapter import Adapter, Meta
-from .._errors import HeadError, LayerError, choices
+from .._errors import HeadError, InputError, LayerError, choices
 from .._result import Displayable, Inputs
 from ._base import BatchContext, Probe, cat_pieces
 
@@ -55,18 +56,29 @@ class AttentionCapture(Displayable):
     def tensors(self) -> dict[str, Tensor]:
         return {"pattern": self.pattern}
 
-    def _build_page(self, prompt: int = 0) -> Any:
-        """Head summaries of every captured layer, then a layer selector for one prompt."""
-        from ..render import Page, attention_layers_view, attention_overview, head_summaries
+    def _build_page(self, prompt: int = 0, layer: int | None = None) -> Any:
+        """Head summaries of one prompt, then prompt / layer / head selectors (first 16 prompts)."""
+        from ..render import Page, attention_overview, attention_prompts_view, head_summaries
 
+        n = self.pattern.shape[1]
+        if not 0 <= prompt < n:
+            raise InputError(f"prompt {prompt!r} is not in this capture; choose from {choices(range(n))}")
+        if layer is not None and layer not in self.layers:
+            raise LayerError(f"layer {layer!r} was not captured; captured layers: {choices(self.layers)}")
         mask = self.mask[prompt].numpy()
         pat = self.pattern[:, prompt].double().numpy()
         page = Page("Attention")
         page.add_heading(f"Attention ({self.meta.model_name}, {self.meta.mode})")
         page.add_page(attention_overview(head_summaries(pat, mask), layer_labels=list(self.layers),
-                                         head_labels=list(self.heads)))
-        page.add_page(attention_layers_view(pat, self.str_tokens[prompt], mask=mask,
-                                            layer_labels=list(self.layers)))
+                                         head_labels=list(self.heads),
+                                         title=f"Head overview, prompt {prompt}"))
+        shown = sorted(set(range(min(n, 16))) | {prompt})
+        page.add_page(attention_prompts_view(
+            self.pattern[:, shown].double().numpy(), [self.str_tokens[b] for b in shown],
+            mask=self.mask[shown].numpy(), layer_labels=list(self.layers),
+            prompt_labels=[f"{b}: {''.join(self.inputs.valid_str_tokens(b))[:40]}" for b in shown],
+            initial_prompt=shown.index(prompt),
+            initial=0 if layer is None else self.layers.index(layer)))
         return page
 
     def __repr__(self) -> str:

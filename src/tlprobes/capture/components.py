@@ -2,8 +2,9 @@
 
 x_{l+1} - x_l = attn_out_l + mlp_out_l exactly (tested against the residual captures)::
 
-    >>> tp.run(model, prompts, tp.Components(layers=[0, 1])).components.attn_out.shape  # doctest: +SKIP
-    torch.Size([2, batch, pos, d_model])
+    >>> model, prompts = tp.load_model(), ["Mary saw her brother.", "John gave her a book."]
+    >>> tp.run(model, prompts, tp.Components(layers=[0, 1])).components.attn_out.shape
+    torch.Size([2, 2, 7, 128])
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ class ComponentsCapture(Captured):
     attn_out: Float[Tensor, "layer batch k d_model"] | None
     mlp_out: Float[Tensor, "layer batch k d_model"] | None
     layers: tuple[int, ...]
+
+    def _token_metrics(self) -> dict[str, Tensor]:
+        """Per token: the norm of what each block's attention and MLP write (the view's menu)."""
+        out: dict[str, Tensor] = {}
+        for i, layer in enumerate(self.layers):
+            for part, t in (("attn", self.attn_out), ("mlp", self.mlp_out)):
+                if t is not None:
+                    out[f"|{part}_out| block {layer}"] = t[i].double().norm(dim=-1)
+        return out
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@ the step length, the state norm and the additive attention/MLP split of the step
 keeps running sums per state that merge across batches by addition. Both cost a few floats per
 token, so a data set never has to fit in memory::
 
-    >>> steps = tp.run(model, prompts, tp.Steps(positions=tp.Target(" her"))).steps   # doctest: +SKIP
-    >>> steps.angle.shape                                                              # doctest: +SKIP
-    torch.Size([L, batch, 1])
+    >>> model, prompts = tp.load_model(), ["Mary saw her brother.", "John gave her a book."]
+    >>> steps = tp.run(model, prompts, tp.Steps(positions=tp.Target(" her"))).steps
+    >>> steps.angle.shape                                # [L, batch, 1]
+    torch.Size([4, 2, 1])
 """
 
 from __future__ import annotations

@@ -4,10 +4,12 @@ x_0 is ``resid_pre`` of block 0 (embedding + positional embedding) and x_l is ``
 l-1. ``final_state="ln_f"`` applies the final LayerNorm to x_L, which is what HF's
 ``hidden_states[-1]`` holds; ``"raw"`` (default) keeps TL's raw residual::
 
-    >>> with tp.attach(model, tp.Residual(positions="last", mid=True)) as s:   # doctest: +SKIP
-    ...     model(tokens)
-    >>> s.result.residual.resid.shape                                           # doctest: +SKIP
-    torch.Size([L + 1, batch, 1, d_model])
+    >>> model = tp.load_model()                          # 4 layers, d_model 128
+    >>> tokens = model.to_tokens(["Mary saw her brother.", "John gave her a book."])
+    >>> with tp.attach(model, tp.Residual(positions="last", mid=True)) as s:
+    ...     _ = model(tokens)
+    >>> s.result.residual.resid.shape                    # [L + 1, batch, 1, d_model]
+    torch.Size([5, 2, 1, 128])
 """
 
 from __future__ import annotations

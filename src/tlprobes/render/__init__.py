@@ -16,6 +16,7 @@ from __future__ import annotations
 from ._attention import SUMMARY_LABELS as SUMMARY_LABELS
 from ._attention import attention_layers_view as attention_layers_view
 from ._attention import attention_overview as attention_overview
+from ._attention import attention_prompts_view as attention_prompts_view
 from ._attention import attention_view as attention_view
 from ._attention import head_summaries as head_summaries
 from ._escape import escape_html as escape_html
@@ -34,6 +35,7 @@ from ._plots import plot_trajectories as plot_trajectories
 from ._report import Report as Report
 from ._report import manifest_table as manifest_table
 from ._repr import HTMLDisplayMixin as HTMLDisplayMixin
+from ._repr import notebook_bundle as notebook_bundle
 from ._tokens import logit_lens_table as logit_lens_table
 from ._tokens import token_view as token_view
 
@@ -45,6 +47,7 @@ __all__ = [
     "Report",
     "attention_layers_view",
     "attention_overview",
+    "attention_prompts_view",
     "attention_view",
     "circuitsvis_bundle",
     "escape_html",
@@ -52,6 +55,7 @@ __all__ = [
     "head_summaries",
     "logit_lens_table",
     "manifest_table",
+    "notebook_bundle",
     "plot_angle_trajectories",
     "plot_cosine_heatmap",
     "plot_path_decomposition",

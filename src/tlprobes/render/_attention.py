@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from jaxtyping import Bool, Float, Int
@@ -34,6 +34,7 @@ from ._page import Page
 __all__ = [
     "attention_view",
     "attention_layers_view",
+    "attention_prompts_view",
     "attention_overview",
     "head_summaries",
     "SUMMARY_LABELS",
@@ -115,13 +116,26 @@ def attention_view(
         labels = _layer_labels(layer_labels, arr.shape[0])
         if layer is None and arr.shape[0] == 1:
             layer = 0
-        if layer is None or not 0 <= int(layer) < arr.shape[0]:
+        if layer is None:
+            raise LayerError(
+                f"layer None is not enough for a 4-D pattern: it is read as [layer, head, dest, "
+                f"src] with {arr.shape[0]} layers; pass layer= one of "
+                f"{choices(range(arr.shape[0]))}, or use attention_layers_view(pattern, tokens) "
+                "for a layer selector (a [batch, head, dest, src] pattern: pass pattern[b])"
+            )
+        if not 0 <= int(layer) < arr.shape[0]:
             raise LayerError(
                 f"layer {layer!r} is not in the pattern; choose from {choices(range(arr.shape[0]))}"
             )
         arr, label = arr[int(layer)], labels[int(layer)]
-    else:
+    elif arr.ndim == 3:
         label = str(layer) if layer is not None else "0"
+    else:
+        raise InputError(
+            f"pattern has shape {tuple(arr.shape)}; attention_view takes [head, dest, src] or "
+            "[layer, head, dest, src] for one prompt (for a capture's [layer, batch, head, dest, "
+            "src] pass capture.pattern[:, b], or call capture.view(prompt=b))"
+        )
     n_pos = arr.shape[-1]
     tokens = check_tokens(str_tokens, n_pos)
     keep = keep_positions(mask, n_pos)
@@ -179,15 +193,112 @@ def attention_layers_view(
     Each layer is stored as base64 uint8 (values quantised to 1/255 of their range), decoded in the
     browser only when selected and drawn into a fresh div, so a 48-layer x 25-head model at 64
     tokens is ~8 MB of HTML (float JSON would be ~100 MB) and only one layer is drawn at a time.
+    Under the view a token strip answers hovering: the hovered token's row (what it attends to,
+    red) and column (what attends to it, blue), for one chosen head or the mean of the heads.
 
     Args:
         pattern: ``[layer, head, dest, src]`` for one prompt.
         layers: which layers to offer (default all); ``initial`` indexes this list.
         heads, mask, layer_labels, max_value, min_value: as in :func:`attention_view`.
         max_cells: limit per drawn layer ((heads + 1) x pos^2).
+
+    See :func:`attention_prompts_view` for several prompts with a prompt selector.
     """
     arr = as_numpy(pattern)
-    n_layer, n_head, n_pos = arr.shape[0], arr.shape[1], arr.shape[-1]
+    if arr.ndim != 4:
+        raise InputError(
+            f"pattern has shape {tuple(arr.shape)}; attention_layers_view takes [layer, head, dest, "
+            "src] for one prompt (attention_prompts_view takes [layer, batch, head, dest, src])"
+        )
+    return _layers_widget(
+        [arr], [str_tokens], [mask], None, layers=layers, heads=heads, layer_labels=layer_labels,
+        initial=initial, initial_prompt=0, title=title, max_value=max_value,
+        min_value=min_value, max_cells=max_cells,
+    )
+
+
+def attention_prompts_view(
+    pattern: Float[Array, "layer batch head pos pos"],
+    str_tokens: Sequence[Sequence[str]],
+    *,
+    mask: Bool[Array, "batch pos"] | Int[Array, "batch pos"] | None = None,
+    prompts: Sequence[int] | None = None,
+    prompt_labels: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    layer_labels: Sequence[object] | None = None,
+    initial: int = 0,
+    initial_prompt: int = 0,
+    title: str | None = None,
+    max_value: float | None = None,
+    min_value: float | None = None,
+    max_cells: int | None = 2_000_000,
+) -> Page:
+    """Prompt, layer and head selectors over a batch of patterns (a capture's ``pattern``).
+
+        >>> import numpy as np
+        >>> pat = np.tril(np.ones((2, 2, 3, 5, 5))); pat /= pat.sum(-1, keepdims=True)
+        >>> toks = [["<s>", "a", "b", "c", "d"], ["<s>", "x", "y", "z", "<pad>"]]
+        >>> page = attention_prompts_view(pat, toks, mask=np.array([[1] * 5, [1, 1, 1, 1, 0]]))
+        >>> page.n_views                      # one widget, each prompt decoded when chosen
+        1
+
+    Args:
+        pattern: ``[layer, batch, head, dest, src]``.
+        str_tokens: token strings per prompt (padding included; ``mask`` removes it).
+        mask: ``[batch, pos]`` padding mask.
+        prompts: which prompts to offer (default all); ``initial_prompt`` indexes this list.
+        prompt_labels: menu labels (default ``"b: first tokens..."``).
+        Other arguments: as in :func:`attention_layers_view`.
+    """
+    arr = as_numpy(pattern)
+    if arr.ndim != 5:
+        raise InputError(
+            f"pattern has shape {tuple(arr.shape)}; attention_prompts_view takes [layer, batch, "
+            "head, dest, src] (attention_layers_view takes one prompt's [layer, head, dest, src])"
+        )
+    n_batch = arr.shape[1]
+    bs = list(range(n_batch)) if prompts is None else [int(b) for b in prompts]
+    bad = [b for b in bs if not 0 <= b < n_batch]
+    if bad or not bs:
+        raise InputError(
+            f"prompt(s) {bad or bs!r} not in the batch; choose from {choices(range(n_batch))}"
+        )
+    if len(str_tokens) != n_batch:
+        raise InputError(f"got str_tokens for {len(str_tokens)} prompts; the pattern has {n_batch}")
+    m = None if mask is None else as_numpy(mask) > 0
+    labels = (
+        [str(x) for x in prompt_labels]
+        if prompt_labels is not None
+        else [f"{b}: " + "".join(list(str_tokens[b])[:8]).strip()[:40] for b in bs]
+    )
+    if len(labels) != len(bs):
+        raise InputError(f"got {len(labels)} prompt_labels for {len(bs)} prompts; pass one each")
+    return _layers_widget(
+        [arr[:, b] for b in bs], [str_tokens[b] for b in bs],
+        [None if m is None else m[b] for b in bs], labels, layers=layers, heads=heads,
+        layer_labels=layer_labels, initial=initial, initial_prompt=initial_prompt, title=title,
+        max_value=max_value, min_value=min_value, max_cells=max_cells,
+    )
+
+
+def _layers_widget(
+    patterns: list[np.ndarray],
+    str_tokens: list[Sequence[str]],
+    masks: list[Any],
+    prompt_labels: list[str] | None,
+    *,
+    layers: Sequence[int] | None,
+    heads: Sequence[int] | None,
+    layer_labels: Sequence[object] | None,
+    initial: int,
+    initial_prompt: int,
+    title: str | None,
+    max_value: float | None,
+    min_value: float | None,
+    max_cells: int | None,
+) -> Page:
+    n_layer, n_head = patterns[0].shape[0], patterns[0].shape[1]
     labels = _layer_labels(layer_labels, n_layer)
     if layers is None:
         ls = list(range(n_layer))
@@ -202,34 +313,59 @@ def attention_layers_view(
         raise LayerError(
             f"initial={initial!r} is not a position in layers; choose from {choices(range(len(ls)))}"
         )
-    tokens = check_tokens(str_tokens, n_pos)
-    keep = keep_positions(mask, n_pos)
+    if not 0 <= initial_prompt < len(patterns):
+        raise InputError(
+            f"initial_prompt={initial_prompt!r} is not a position in prompts; choose from "
+            f"{choices(range(len(patterns)))}"
+        )
     hs = _heads(heads, n_head)
-    _check_cells(len(hs), len(keep), max_cells)
-    arr = arr[ls][:, hs][:, :, keep][:, :, :, keep]
-    q, lo, hi = _quantise(arr)
-    data = {
-        "data": [base64.b64encode(q[i].tobytes()).decode("ascii") for i in range(len(ls))],
+    entries = []
+    for arr, toks, mask in zip(patterns, str_tokens, masks):
+        n_pos = arr.shape[-1]
+        tokens = check_tokens(toks, n_pos)
+        keep = keep_positions(mask, n_pos)
+        _check_cells(len(hs), len(keep), max_cells)
+        sub = arr[ls][:, hs][:, :, keep][:, :, :, keep]
+        q, lo, hi = _quantise(sub)
+        entries.append({
+            "data": [base64.b64encode(q[i].tobytes()).decode("ascii") for i in range(len(ls))],
+            "tokens": [tokens[i] for i in keep],
+            "lo": lo,
+            "hi": hi,
+        })
+    data: dict = {
         "headNames": [[f"L{labels[layer]}H{h}" for h in hs] for layer in ls],
-        "tokens": [tokens[i] for i in keep],
-        "lo": lo,
-        "hi": hi,
         "initial": int(initial),
         "props": {
             k: v for k, v in {"maxValue": max_value, "minValue": min_value}.items() if v is not None
         },
     }
+    if prompt_labels is None:
+        data.update(entries[0])
+    else:
+        data["prompts"] = entries
+        data["initialPrompt"] = int(initial_prompt)
     options = "".join(
         f'<option value="{i}">{escape_html(labels[layer])}</option>' for i, layer in enumerate(ls)
     )
+    prompt_menu = ""
+    if prompt_labels is not None:
+        popts = "".join(
+            f'<option value="{i}">{escape_html(lab)}</option>' for i, lab in enumerate(prompt_labels)
+        )
+        prompt_menu = f'<label>Prompt <select class="tlp-prompt-select">{popts}</select></label>'
     head = title or "Attention by layer"
+    n_tok = sorted({len(e["tokens"]) for e in entries})
+    tok_text = str(n_tok[0]) if len(n_tok) == 1 else f"{n_tok[0]}-{n_tok[-1]}"
     body = (
         f"<h3>{escape_html(head)}</h3>"
-        '<div class="tlp-controls"><label>Layer <select class="tlp-layer-select">'
+        f'<div class="tlp-controls">{prompt_menu}<label>Layer <select class="tlp-layer-select">'
         f"{options}</select></label>"
         '<button type="button" data-step="-1" title="previous layer">&#9664;</button>'
         '<button type="button" data-step="1" title="next layer">&#9654;</button>'
-        f"<span>{len(hs)} heads, {len(keep)} tokens</span></div>"
+        '<label>Hover head <select class="tlp-head-select"></select></label>'
+        f"<span>{len(hs)} heads, {tok_text} tokens</span></div>"
+        '<div class="tlp-hover"></div>'
         '<div class="tlp-layer-host"></div>'
     )
     return Page(head, decimals=6).add_widget("layers", body, data, bundle=True)

@@ -15,8 +15,9 @@ with ``fig.savefig("x.png")`` / ``"x.svg"`` or put it in a report with ``Report.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -30,6 +31,7 @@ from ._escape import escape_html
 
 __all__ = [
     "GROUP_COLORS",
+    "InlineFigure",
     "plot_angle_trajectories",
     "plot_path_decomposition",
     "plot_cosine_heatmap",
@@ -73,7 +75,7 @@ def _x(layers: Sequence[object] | None, n: int) -> tuple[np.ndarray, list[str] |
 
 
 def _figure(figsize: tuple[float, float], ncols: int = 1) -> tuple[Figure, list]:
-    fig = Figure(figsize=figsize, layout="constrained")
+    fig = InlineFigure(figsize=figsize, layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, list(axes)
 
@@ -466,10 +468,41 @@ def savefig_plain(fig: Figure, fname: Any, **kwargs: Any) -> None:
     crash matplotlib's mathtext parser. Texts already made are switched off one by one; texts made
     while drawing (tick labels) inherit ``text.parse_math = False`` from the context.
     """
+    with _literal_text(fig):
+        Figure.savefig(fig, fname, **kwargs)
+
+
+@contextlib.contextmanager
+def _literal_text(fig: Figure) -> Iterator[None]:
+    """Switch mathtext off for every text of ``fig`` and for texts made while drawing."""
     import matplotlib
     from matplotlib.text import Text
 
     for text in fig.findobj(Text):
         text.set_parse_math(False)
     with matplotlib.rc_context({"text.parse_math": False}):
-        fig.savefig(fname, **kwargs)
+        yield
+
+
+class InlineFigure(Figure):
+    """A matplotlib ``Figure`` that shows itself in Jupyter as a PNG, with no ``%matplotlib``.
+
+    The ``plot_*`` functions return it; it is a plain ``Figure`` otherwise (``savefig``, axes...).
+
+        >>> fig = InlineFigure(figsize=(2, 1)); _ = fig.subplots().plot([0, 1])
+        >>> fig._repr_png_()[:4]
+        b'\\x89PNG'
+    """
+
+    def savefig(self, fname: Any, **kwargs: Any) -> None:
+        """``Figure.savefig`` with every text drawn literally (see :func:`savefig_plain`)."""
+        savefig_plain(self, fname, **kwargs)
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=90)
+        return buf.getvalue()
+
+    def __repr__(self) -> str:
+        w, h = self.get_size_inches()
+        return f"<Figure {w:g}x{h:g} in, {len(self.axes)} axes>"
