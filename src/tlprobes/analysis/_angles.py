@@ -435,7 +435,8 @@ def angle_trajectory(
             + (" (merged batches of different widths)" if proto.get("merge_padding") else "")
             + f", {proto.get('padding_side', '?')} padding"
             if "batch_widths" in proto else "unknown (plain arrays)"),
-        "first_token": "excluded from the clean draws" if exclude_first else "included",
+        "first_token": ("drawn like any position (the course's control)" if control == "course"
+                        else "excluded from the control draws" if exclude_first else "included"),
     }
     settings = {
         "mode": st.mode, "control": control, "exclude_first": exclude_first, "seed": seed,
@@ -575,3 +576,112 @@ class AngleAccumulator(LayerMoments):
         warn_nan(n_bad, "angles")
         note_mode(self.settings, st.mode)
         self.add(th, ok[None], group)
+
+
+@dataclass(frozen=True, eq=False)
+class RotationDecomposition(FrameMixin):
+    """What attention and the MLP contribute to each token's rotation x_(l-1) -> x_l.
+
+    Block l's step is exactly ``x_l - x_(l-1) = a_l + m_l`` (attention out, MLP out; a_l =
+    ``resid_mid_l - x_(l-1)``). Only the part of the step orthogonal to x_(l-1) turns the vector:
+    with u the unit direction of that part, ``attn_perp = <a_l, u>`` and ``mlp_perp = <m_l, u>``
+    add up exactly to its length, and ``angle = atan2(attn_perp + mlp_perp, |x_(l-1)| + attn_par +
+    mlp_par)`` (the ``_par`` terms: components along x_(l-1)). ``attn_angle`` is the rotation
+    x_(l-1) -> resid_mid_l (attention alone), ``mlp_angle`` resid_mid_l -> x_l; they need not add
+    up to ``angle``. All ``[L, B, P]``, degrees, NaN on padding (and at the last block when x_L was
+    captured after ln_f, which is not a sum of block outputs). ``summary`` is per layer over the
+    chosen slots (the targets, or every valid non-first token).
+    """
+
+    layers: np.ndarray
+    angle: np.ndarray
+    attn_angle: np.ndarray
+    mlp_angle: np.ndarray
+    attn_perp: np.ndarray
+    mlp_perp: np.ndarray
+    attn_par: np.ndarray
+    mlp_par: np.ndarray
+    summary: dict[str, LayerSummary]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        cols: dict[tuple[str, str], np.ndarray] = {}
+        for g, s in self.summary.items():
+            cols.update(s.columns(g))
+        return long_frame(cols, layers=self.layers)
+
+
+def rotation_decomposition(
+    data: Any,
+    targets: Any = None,
+    *,
+    mid: Any = None,
+    mask: Any = None,
+    str_tokens: Any = None,
+    exclude_first: bool = True,
+    mode: str | None = None,
+) -> RotationDecomposition:
+    """Split each token's per-block rotation into attention and MLP parts (see
+    :class:`RotationDecomposition`). ``data``: a ``tp.Residual(mid=True)`` capture, or
+    ``[L+1, B, P, d]`` states with ``mid`` ``[L, B, P, d]``. ``targets`` (a word, a
+    :class:`~tlprobes.Target` or slots) picks one slot per sequence for the summaries.
+
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).normal(size=(3, 2, 4, 8))
+    >>> mid = x[:-1] + np.random.default_rng(1).normal(size=(2, 2, 4, 8))
+    >>> r = rotation_decomposition(x, mid=mid)
+    >>> bool(np.allclose(r.angle, layer_angles(x)))
+    True
+    """
+    st = as_states(data, mask, mode=mode)
+    if mid is None:
+        if getattr(data, "resid_mid", None) is None:
+            raise InputError("rotation_decomposition needs resid_mid: capture tp.Residual(mid=True) "
+                             "or pass mid=[L, B, P, d]")
+        mid = data.resid_mid
+    m = as_array(mid)
+    if m.ndim == 3:
+        m = m[:, None]
+    L1, B, P, d = st.values.shape
+    L = L1 - 1
+    if m.shape != (L, B, P, d):
+        raise InputError(f"mid must be [L={L}, B, P, d] = {(L, B, P, d)}, got {m.shape}")
+    x0, x1 = st.values[:-1], st.values[1:]
+    a, mm = m - x0, x1 - m
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nx = np.linalg.norm(x0, axis=-1, keepdims=True)
+        xh = x0 / nx
+        step = a + mm
+        perp = step - (step * xh).sum(-1, keepdims=True) * xh
+        u = perp / np.linalg.norm(perp, axis=-1, keepdims=True)
+        parts = {"attn_perp": (a * u).sum(-1), "mlp_perp": (mm * u).sum(-1),
+                 "attn_par": (a * xh).sum(-1), "mlp_par": (mm * xh).sum(-1)}
+    total, _ = _angle(x1, x0)
+    att, _ = _angle(m, x0)
+    mlp, _ = _angle(x1, m)
+    ok = st.mask[None].repeat(L, 0)
+    if st.meta.get("final_state") == "ln_f":
+        ok[-1] = False
+    arrs = {"angle": total, "attn_angle": att, "mlp_angle": mlp, **parts}
+    arrs = {k: np.where(ok, v, np.nan) for k, v in arrs.items()}
+    if targets is not None:
+        t = resolve_targets(st, targets, str_tokens)
+        sel = lambda v: np.where(t[None] >= 0, v[:, np.arange(B), np.clip(t, 0, P - 1)], np.nan)  # noqa: E731
+        items = {k: sel(v) for k, v in arrs.items()}
+        valid = t >= 0
+    else:
+        elig = _eligible(st, exclude_first)
+        items = {k: np.where(elig[None], v, np.nan).reshape(L, -1) for k, v in arrs.items()}
+        valid = elig.reshape(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = items["attn_perp"] / (items["attn_perp"] + items["mlp_perp"])
+    names = {"angle": "total", "attn_angle": "attention alone", "mlp_angle": "MLP alone",
+             "attn_perp": "attention push", "mlp_perp": "MLP push"}
+    summary = {names[k]: layer_summary(items[k], valid) for k in names}
+    summary["attention share of the push"] = layer_summary(share, valid)
+    settings = {"mode": st.mode, "targets": repr(targets) if targets is not None else "all tokens",
+                "exclude_first": exclude_first, "final_state": st.meta.get("final_state", "unknown"),
+                "meta": st.meta}
+    return RotationDecomposition(np.arange(1, L + 1), arrs["angle"], arrs["attn_angle"],
+                                 arrs["mlp_angle"], arrs["attn_perp"], arrs["mlp_perp"],
+                                 arrs["attn_par"], arrs["mlp_par"], summary, settings)
