@@ -88,8 +88,9 @@ class Lens:
             "the model's own final LayerNorm (fresh statistics) and W_U. The course's variant "
             "(lecture 222): W_U applied to Hugging Face's hidden_states, i.e. x_0..x_(L-1) with no "
             "norm and x_L after ln_f (HF's last hidden state already is), on prompts tokenised "
-            "without BOS as GPT-2's tokenizer does. In both, the last state's read-out is exactly "
-            "the model's own prediction; before it they differ by the norm (and the BOS).",
+            "without BOS as GPT-2's tokenizer does. At x_L each variant's read-out is exactly the "
+            "model's own prediction for its input, so the gap there is the BOS's alone; before x_L "
+            "the missing norm adds to it.",
         )
         if "protocol" in out.tables:
             report.add_table(out.tables["protocol"], caption="protocol of each variant")
