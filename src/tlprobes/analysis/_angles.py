@@ -290,13 +290,14 @@ def _check_course_rows(st: States) -> None:
             )
     if st.row_width is not None:
         short = np.flatnonzero(np.asarray(st.row_width) < P)
+        widths = sorted(set(np.asarray(st.row_width)[short].tolist()))
         if short.size:
             raise InputError(
                 f"control='course' draws any position of each prompt's padded row, but prompts "
-                f"{short[:5].tolist()} ran in batches {sorted(set(np.asarray(st.row_width)[short].tolist()))} "
+                f"{short[:5].tolist()} ran in batches {widths} "
                 f"tokens wide, padded to {P} only when batches were merged (those slots hold no "
-                "activation); run with tp.run(..., pad_to='longest') (or one batch) so every row is "
-                "padded as one batch of all prompts would be"
+                "activation); run with tp.run(..., pad_to='longest') (or one batch) so every row "
+                "is padded as one batch of all prompts would be"
             )
 
 
@@ -378,7 +379,8 @@ def angle_trajectory(
     if not isinstance(tgt, (list, tuple, np.ndarray)) and hasattr(tgt, "word"):
         t_lists = target_slot_lists(st, tgt, str_tokens)
         if not any(t_lists):
-            raise PositionError(f"target {tgt.word!r} occurs in no sequence (check the leading space)")
+            raise PositionError(
+                f"target {tgt.word!r} occurs in no sequence (check the leading space)")
         b_lists = target_slot_lists(st, _before_target(tgt), str_tokens)
         b_lists = [bl if tl else [] for tl, bl in zip(t_lists, b_lists)]
     else:
@@ -409,14 +411,17 @@ def angle_trajectory(
     pairs = {"target-before": (tgt_a, bef)}
     if control != "course":  # the course plots its control and never tests it
         pairs["target-control"] = (tgt_a, ctl)
-    tests = {g: paired_test(x, y, alpha=alpha, bonferroni=bonferroni) for g, (x, y) in pairs.items()}
+    tests = {g: paired_test(x, y, alpha=alpha, bonferroni=bonferroni)
+             for g, (x, y) in pairs.items()}
     perm: dict[str, SignFlipTest] = {}
     boot: dict[str, BootstrapCI] = {}
     if robust:
         for g, (x, y) in pairs.items():
-            perm[g] = sign_flip_test(x, y, n_resamples=n_resamples, seed=seed, bonferroni=bonferroni)
+            perm[g] = sign_flip_test(x, y, n_resamples=n_resamples, seed=seed,
+                                     bonferroni=bonferroni)
             boot[g] = bootstrap_ci(x, y, n_resamples=n_resamples, seed=seed)
     bname = tests["target-before"].bonferroni
+    m_words = "L+1 hidden states" if bname == "bonferroni_states" else "L tests"
     proto = dict(st.meta.get("protocol", {}))
     protocol = {
         "bos": proto.get("bos", "unknown (plain arrays)"),
@@ -424,7 +429,7 @@ def angle_trajectory(
             str(st.meta.get("final_state")), "unknown (plain arrays)")),
         "control": _CONTROL_WORDS[control],
         "correction": (f"{bname}: p x {L + 1 if bname == 'bonferroni_states' else L} "
-                       f"(m = {'L+1 hidden states' if bname == 'bonferroni_states' else 'L tests'}); "
+                       f"(m = {m_words}); "
                        "FDR-BH beside it"),
         "test": "paired t-test (scipy ttest_rel) of target vs before"
                 + ("" if control == "course" else " and target vs control")
@@ -435,6 +440,13 @@ def angle_trajectory(
             + (" (merged batches of different widths)" if proto.get("merge_padding") else "")
             + f", {proto.get('padding_side', '?')} padding"
             if "batch_widths" in proto else "unknown (plain arrays)"),
+        "padding_states": (
+            "" if control != "course" else
+            "HF's own (TransformerBridge)" if st.meta.get("model_kind") == "TransformerBridge" else
+            "HookedTransformer's: padding tokens get a zero positional embedding, so the padded "
+            "states the course's control draws are not HF's"
+            if st.meta.get("model_kind") == "HookedTransformer" else
+            "unknown (plain arrays)"),
         "first_token": ("drawn like any position (the course's control)" if control == "course"
                         else "excluded from the control draws" if exclude_first else "included"),
     }
@@ -636,8 +648,8 @@ def rotation_decomposition(
     st = as_states(data, mask, mode=mode)
     if mid is None:
         if getattr(data, "resid_mid", None) is None:
-            raise InputError("rotation_decomposition needs resid_mid: capture tp.Residual(mid=True) "
-                             "or pass mid=[L, B, P, d]")
+            raise InputError("rotation_decomposition needs resid_mid: capture "
+                             "tp.Residual(mid=True) or pass mid=[L, B, P, d]")
         mid = data.resid_mid
     m = as_array(mid)
     if m.ndim == 3:
@@ -666,8 +678,8 @@ def rotation_decomposition(
     arrs = {k: np.where(ok, v, np.nan) for k, v in arrs.items()}
     if targets is not None:
         t = resolve_targets(st, targets, str_tokens)
-        sel = lambda v: np.where(t[None] >= 0, v[:, np.arange(B), np.clip(t, 0, P - 1)], np.nan)  # noqa: E731
-        items = {k: sel(v) for k, v in arrs.items()}
+        tc = np.clip(t, 0, P - 1)
+        items = {k: np.where(t[None] >= 0, v[:, np.arange(B), tc], np.nan) for k, v in arrs.items()}
         valid = t >= 0
     else:
         elig = _eligible(st, exclude_first)
@@ -680,8 +692,8 @@ def rotation_decomposition(
     summary = {names[k]: layer_summary(items[k], valid) for k in names}
     summary["attention share of the push"] = layer_summary(share, valid)
     settings = {"mode": st.mode, "targets": repr(targets) if targets is not None else "all tokens",
-                "exclude_first": exclude_first, "final_state": st.meta.get("final_state", "unknown"),
-                "meta": st.meta}
+                "exclude_first": exclude_first,
+                "final_state": st.meta.get("final_state", "unknown"), "meta": st.meta}
     return RotationDecomposition(np.arange(1, L + 1), arrs["angle"], arrs["attn_angle"],
                                  arrs["mlp_angle"], arrs["attn_perp"], arrs["mlp_perp"],
                                  arrs["attn_par"], arrs["mlp_par"], summary, settings)

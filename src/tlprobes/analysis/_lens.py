@@ -104,7 +104,8 @@ def _resolve_norm(ln: Any, model: Any, carried: Any) -> tuple[Any, str]:
     if isinstance(ln, str):
         if ln not in _LN_WORDS:
             raise InputError(f"unknown ln {ln!r}; valid: None (the model's own), "
-                             f"{', '.join(map(repr, _LN_WORDS))}, a (weight, bias) pair or a callable")
+                             f"{', '.join(map(repr, _LN_WORDS))}, a (weight, bias) pair or a "
+                             "callable")
         return ln, ln
     if ln is not None:
         if hasattr(ln, "cfg") and hasattr(ln, "W_U"):  # a TL model passed as the norm

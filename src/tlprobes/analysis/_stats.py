@@ -354,7 +354,8 @@ class SignFlipTest(FrameMixin):
 
     def columns(self, group: str) -> dict[tuple[str, str], np.ndarray]:
         return {(group, "perm_p"): self.p, (group, "perm_p_bonferroni"): self.p_bonferroni,
-                (group, "perm_p_fdr_bh"): self.p_fdr_bh, (group, "perm_exact"): self.exact.astype(float)}
+                (group, "perm_p_fdr_bh"): self.p_fdr_bh,
+                (group, "perm_exact"): self.exact.astype(float)}
 
     def to_frame(self, group: str = "a-b", layers: Layers = None) -> pd.DataFrame:
         return long_frame(self.columns(group), layers=layers)

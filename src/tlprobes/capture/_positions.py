@@ -8,10 +8,10 @@ A selector is one of
   padding never shifts them); negative values count back from the last valid token; a list of lists
   gives each prompt its own positions;
 * :class:`Target`: the positions of a word, e.g. ``Target(" her")`` (its last sub-token when the
-  word is several tokens; ``piece="first"`` or ``"mean"`` on request) or ``Target(" her", offset=-1)``,
-  the token before it. Offsets count from the word's boundaries: negative ones from its first
-  piece, positive ones from its last piece, so ``offset=-1`` is the token before the word however
-  many pieces it has.
+  word is several tokens; ``piece="first"`` or ``"mean"`` on request) or
+  ``Target(" her", offset=-1)``, the token before it. Offsets count from the word's boundaries:
+  negative ones from its first piece, positive ones from its last piece, so ``offset=-1`` is the
+  token before the word however many pieces it has.
 
 Every place that looks a target word up (the probes here, and every analyzer given a word) goes
 through :func:`target_indices`, so a word resolves to the same tokens everywhere.
@@ -37,7 +37,9 @@ from torch import Tensor
 
 from .._errors import PositionError, choices
 
-__all__ = ["Target", "PositionSpec", "check_spec", "resolve_positions", "target_indices", "word_spans"]
+__all__ = [
+    "Target", "PositionSpec", "check_spec", "resolve_positions", "target_indices", "word_spans",
+]
 
 _OCCURRENCES = ("first", "last", "all")
 _PIECES = ("last", "first", "mean")
@@ -169,13 +171,15 @@ def target_indices(
     ``word``: the target's pieces or string, as for :func:`word_spans`. Raises
     :class:`PositionError` when the word is absent or the offset falls outside the prompt.
 
-    >>> target_indices(["I", " saw", " An", "ast", "asia", "."], " Anastasia", Target("x", offset=-1))
+    >>> seq = ["I", " saw", " An", "ast", "asia", "."]
+    >>> target_indices(seq, " Anastasia", Target(" Anastasia", offset=-1))
     [[1]]
     """
     spans = word_spans(seq, word)
     if not spans:
+        what = f"token ids {list(word)}" if shown is None else shown
         raise PositionError(
-            f"target {target.word!r} ({'token ids ' + str(list(word)) if shown is None else shown}) "
+            f"target {target.word!r} ({what}) "
             f"is absent from {where}; check the leading space (' her' vs 'her') or the tokenisation"
         )
     if target.occurrence == "first":
@@ -197,8 +201,8 @@ def target_indices(
             picked = [last]
         if not all(0 <= j < len(seq) for j in picked):
             raise PositionError(
-                f"offset {off} from target {target.word!r} at valid positions {first}..{last} falls "
-                f"outside {where} (valid positions 0..{len(seq) - 1})"
+                f"offset {off} from target {target.word!r} at valid positions {first}..{last} "
+                f"falls outside {where} (valid positions 0..{len(seq) - 1})"
             )
         out.append(picked)
     return out

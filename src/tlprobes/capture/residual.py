@@ -158,14 +158,17 @@ def _starts_with_bos(ctx: BatchContext) -> Tensor:
     return ctx.tokens.gather(1, first[:, None])[:, 0] == int(bos)
 
 
-def protocol_of(inputs: Inputs, row_width: Tensor, has_bos: Tensor, final_state: str) -> dict[str, Any]:
+def protocol_of(
+    inputs: Inputs, row_width: Tensor, has_bos: Tensor, final_state: str
+) -> dict[str, Any]:
     """The choices that produced a residual capture, in words and numbers (JSON-able)."""
     am = inputs.attention_mask.bool()
     left = bool((~am[:, :1] & am.any(1, keepdim=True)).any())
     widths = sorted({int(w) for w in row_width.tolist()})
     n_bos = int(has_bos.sum())
     return {
-        "bos": "yes" if n_bos == len(has_bos) else "no" if n_bos == 0 else f"{n_bos} of {len(has_bos)}",
+        "bos": ("yes" if n_bos == len(has_bos) else "no" if n_bos == 0
+                else f"{n_bos} of {len(has_bos)}"),
         "final_state": "ln_f(x_L)" if final_state == "ln_f" else "raw x_L",
         "padding_side": "left" if left else "right",
         "batch_widths": widths,

@@ -37,7 +37,8 @@ CLEAN_CHANGES = [
      "real tokens i != j, first token excluded",
      "a control per layer must vary with the layer like the conditions it is compared with; "
      "padding and the first token are not text"),
-    ("control test", "plotted, not tested", "paired t-test target vs control beside target vs before",
+    ("control test", "plotted, not tested",
+     "paired t-test target vs control beside target vs before",
      "a control is only informative if it is compared"),
     ("correction", "Bonferroni with m = L+1 (.05/n_hiddens)", "Bonferroni with m = L tests, and "
      "FDR-BH", "there are L tests, not L+1"),
@@ -71,12 +72,15 @@ class Angles:
             if c not in CONTROLS:
                 from .._schema import SuiteError
 
-                raise SuiteError(f"unknown control {c!r} in [analysis] controls; valid: {list(CONTROLS)}")
+                raise SuiteError(
+                    f"unknown control {c!r} in [analysis] controls; valid: {list(CONTROLS)}")
         out = StudyOutput()
         kw = dict(seed=ctx.seed, alpha=a["alpha"], n_resamples=a["n_resamples"])
         # the clean run: BOS as trained, raw x_L (by default), resid_mid for the attention/MLP split
-        clean = tp.run(ctx.model, ctx.prompts, tp.Residual(final_state=a["final_state"], mid=True),
-                       batch_size=ctx.batch_size, padding_side=ctx.padding_side, progress=ctx.progress)
+        clean = tp.run(ctx.model, ctx.prompts,
+                       tp.Residual(final_state=a["final_state"], mid=True),
+                       batch_size=ctx.batch_size, padding_side=ctx.padding_side,
+                       progress=ctx.progress)
         r = clean.residual
         protocols: dict[str, dict[str, Any]] = {}
         target_slots = None
@@ -91,7 +95,8 @@ class Angles:
                 at = angle_trajectory(course.residual, ctx.target, control="course",
                                       bonferroni="bonferroni_states", **kw)
             else:
-                at = angle_trajectory(r, ctx.target, control=control, exclude_first=a["exclude_first"],
+                at = angle_trajectory(r, ctx.target, control=control,
+                                      exclude_first=a["exclude_first"],
                                       bonferroni=a["bonferroni"], **kw)
                 target_slots = at.target_slots
             out.tables[f"angles_{control}"] = at.to_frame()
@@ -126,12 +131,12 @@ class Angles:
         report = new_report(
             manifest, self.title,
             f"Angle (degrees) between the vectors of {f['target']!r} at consecutive layers "
-            f"(x_l-1 -> x_l, l = 1..{f['n_layers']}), the word just before it, and a random control, "
-            f"over {f['n_sentences']} sentences. Paired t-test per layer (target vs before), with an "
-            "exact or Monte Carlo sign-flip permutation test and a bootstrap CI over sentences beside "
-            "it (no normality assumed). The course column is the course notebook's computation; the "
-            "clean column is tlprobes' protocol; the table below names every choice behind each. "
-            "Angles use the stable 2·atan2(|u^-v^|, |u^+v^|) in float64.",
+            f"(x_l-1 -> x_l, l = 1..{f['n_layers']}), the word just before it, and a random "
+            f"control, over {f['n_sentences']} sentences. Paired t-test per layer (target vs "
+            "before), with an exact or Monte Carlo sign-flip permutation test and a bootstrap CI "
+            "over sentences beside it (no normality assumed). The course column is the course "
+            "notebook's computation; the clean column is tlprobes' protocol; the table below names "
+            "every choice behind each. Angles use the stable 2·atan2(|u^-v^|, |u^+v^|) in float64.",
         )
         self._protocol(report, out)
         for control in f["controls"]:
@@ -167,7 +172,8 @@ class Angles:
             title=f"Rotation per layer, {control} column",
             sig_label=f"target ≠ before ({sig_name})",
         )
-        report.add_figure(fig, caption=f"{int(sig.sum())} of {len(sig)} layers differ ({sig_name}).")
+        report.add_figure(fig, caption=f"{int(sig.sum())} of {len(sig)} layers differ "
+                                       f"({sig_name}).")
         report.add_table(pivot(df, [
             ("target", "mean"), ("before", "mean"), ("control", "mean"),
             ("target-before", "t"), ("target-before", "p_bonferroni"),
@@ -188,11 +194,12 @@ class Angles:
         df = out.tables["rotation_decomposition"]
         report.add_heading("What turns the target: attention vs MLP")
         report.add_text(
-            "Each block's step x_l - x_(l-1) is exactly attention out + MLP out. Only the part of the "
-            "step orthogonal to x_(l-1) turns the vector; its length splits exactly into the "
+            "Each block's step x_l - x_(l-1) is exactly attention out + MLP out. Only the part of "
+            "the step orthogonal to x_(l-1) turns the vector; its length splits exactly into the "
             "attention push and the MLP push (their components along that direction), and the "
-            "rotation is atan2(push, |x_(l-1)| + the parts along x_(l-1)). 'Attention alone' is the "
-            "angle x_(l-1) -> resid_mid, 'MLP alone' resid_mid -> x_l (clean run, target token).")
+            "rotation is atan2(push, |x_(l-1)| + the parts along x_(l-1)). 'Attention alone' is "
+            "the angle x_(l-1) -> resid_mid, 'MLP alone' resid_mid -> x_l (clean run, target "
+            "token).")
         layers, _ = series(df, "total", "mean")
         fig = plot_angle_trajectories(
             {"total": curve(df, "total"), "attention alone": curve(df, "attention alone"),

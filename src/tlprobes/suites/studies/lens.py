@@ -32,10 +32,12 @@ class Lens:
 
         a = ctx.analysis
         res = tp.run(ctx.model, ctx.prompts, tp.LogitLens(top_k=a["top_k"]),
-                     batch_size=ctx.batch_size, padding_side=ctx.padding_side, progress=ctx.progress)
+                     batch_size=ctx.batch_size, padding_side=ctx.padding_side,
+                     progress=ctx.progress)
         out = StudyOutput()
         out.tables["lens"] = logit_lens(res.logit_lens).to_frame()
-        protocol = {"variant": [VARIANTS[True]], "BOS": ["as the model was trained (prepend_bos default)"],
+        protocol = {"variant": [VARIANTS[True]],
+                    "BOS": ["as the model was trained (prepend_bos default)"],
                     "scored against": ["the next token of the prompt"],
                     "batches": [f"{ctx.batch_size} prompts, {ctx.padding_side} padding"]}
         if a["course_variant"]:
