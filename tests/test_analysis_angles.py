@@ -305,7 +305,8 @@ def test_results_record_their_protocol_and_course_control_is_not_tested():
 
 def test_course_control_needs_every_position():
     x = _study_data(B=4, P=6)
-    cap = types.SimpleNamespace(resid=torch.tensor(x[:, :, :2]), mask=torch.ones(4, 2, dtype=torch.bool),
+    cap = types.SimpleNamespace(resid=torch.tensor(x[:, :, :2]),
+                                mask=torch.ones(4, 2, dtype=torch.bool),
                                 positions=torch.tensor([[2, 3]] * 4),
                                 attention_mask=torch.ones(4, 6, dtype=torch.bool),
                                 str_tokens=None, meta={"mode": "raw"})

@@ -209,7 +209,8 @@ def test_capture_lens_uses_the_models_own_norm(model):
                                atol=2e-4, equal_nan=True)
     assert "model's final norm" in mine.settings["ln"]
     via_model = logit_lens(res.residual.resid, targets=tg, mask=res.residual.mask, model=model)
-    np.testing.assert_allclose(via_model.target_logprob, mine.target_logprob, atol=1e-10, equal_nan=True)
+    np.testing.assert_allclose(via_model.target_logprob, mine.target_logprob, atol=1e-10,
+                               equal_nan=True)
     if tp.adapter_for(model).meta.mode != "raw":
         return  # compat mode folds the LayerNorm weights: parameter-free is then the model's own
     # the parameter-free LayerNorm (the old default) is measurably another lens on raw models

@@ -116,7 +116,7 @@ def test_correlation_matches_scipy_and_handles_constant(rng):
 
 # ------------------------------------------------------------------ beyond the t-test (issue 11)
 def _brute_sign_flip(d):
-    """Every one of the 2^n sign patterns, by hand: the exact two-sided p of |mean| >= |observed|."""
+    """All 2^n sign patterns, by hand: the exact two-sided p of |mean| >= |observed|."""
     import itertools
 
     obs = abs(d.mean())
@@ -136,8 +136,10 @@ def test_sign_flip_test_is_exact_for_small_n(rng):
     for i in range(3):
         ok = np.isfinite(b[i])
         assert res.p[i] == pytest.approx(_brute_sign_flip(a[i, ok] - b[i, ok]), rel=1e-12)
-        sp = stats.permutation_test((a[i, ok], b[i, ok]), lambda x, y, axis: np.mean(x - y, axis=axis),
-                                    permutation_type="samples", n_resamples=np.inf, vectorized=True)
+        sp = stats.permutation_test((a[i, ok], b[i, ok]),
+                                    lambda x, y, axis: np.mean(x - y, axis=axis),
+                                    permutation_type="samples", n_resamples=np.inf,
+                                    vectorized=True)
         assert res.p[i] == pytest.approx(sp.pvalue, rel=1e-12)
     np.testing.assert_allclose(res.p_bonferroni, np.minimum(1, res.p * 3))
 

@@ -39,6 +39,7 @@ COURSE_SENTENCES = [
     "The author based the character on her.",
 ]
 SEED = 5
+BRIDGE_ONLY = "the HF-equivalence of padded positions is a bridge property"
 
 
 def _hf(path):
@@ -104,21 +105,24 @@ def _check_suite_equals_replica(model, hf, tok, sentences, batch_sizes):
         out = _suite_course(model, sentences, bs)
         per = out.tables["angles_course_per_sentence"]
         for k, cond in enumerate(("target", "before", "control")):
-            got = (per[per.condition == cond].pivot(index="layer", columns="sentence", values="angle_deg")
-                   .to_numpy())
-            np.testing.assert_allclose(got, ref[:, :, k], atol=5e-4, err_msg=f"{cond}, batch_size={bs}")
+            got = per[per.condition == cond].pivot(index="layer", columns="sentence",
+                                                   values="angle_deg").to_numpy()
+            np.testing.assert_allclose(got, ref[:, :, k], atol=5e-4,
+                                       err_msg=f"{cond}, batch_size={bs}")
         df = out.tables["angles_course"]
-        tb = df[df.group == "target-before"].pivot(index="layer", columns="statistic", values="value")
+        tb = df[df.group == "target-before"].pivot(index="layer", columns="statistic",
+                                                   values="value")
         np.testing.assert_allclose(tb["t"].to_numpy(), tres.statistic, rtol=1e-4, atol=1e-4)
         np.testing.assert_array_equal(tb["reject_bonferroni"].to_numpy() > 0.5, issig)
-        np.testing.assert_allclose(tb["p_bonferroni"].to_numpy(),
-                                   np.minimum(1, tres.pvalue * (ref.shape[0] + 1)), rtol=1e-2, atol=1e-6)
+        m = ref.shape[0] + 1  # the course's .05/n_hiddens
+        np.testing.assert_allclose(tb["p_bonferroni"].to_numpy(), np.minimum(1, tres.pvalue * m),
+                                   rtol=1e-2, atol=1e-6)
         assert "target-control" not in set(df.group)  # the course plots its control, never tests it
     return out
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_BRIDGE, reason="the HF-equivalence of padded positions is a bridge property")
+@pytest.mark.skipif(not HAS_BRIDGE, reason=BRIDGE_ONLY)
 def test_rotation_suite_course_column_equals_notebook_on_shipped_model():
     from tlprobes.models import model_dir
 
@@ -134,7 +138,7 @@ def test_rotation_suite_course_column_equals_notebook_on_shipped_model():
     assert "merge" not in proto.loc["batch_composition", "course"]
 
 
-@pytest.mark.skipif(not HAS_BRIDGE, reason="the HF-equivalence of padded positions is a bridge property")
+@pytest.mark.skipif(not HAS_BRIDGE, reason=BRIDGE_ONLY)
 def test_rotation_course_column_equals_notebook_on_gpt2_bpe(gpt2_bpe_dir):
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -194,8 +198,9 @@ def test_lens_course_variant_equals_notebook(which, request):
     hf, tok = _hf(path)
     text = "Anastasia said the way you do anything is the way you do everything"
     tokens, preds, lsm, logits = course_lens(hf, tok, text)
-    res = tp.run(model, [text], tp.LogitLens(top_k=1, apply_ln=False), tp.LogitLens(top_k=1, name="faithful"),
-                 tp.Residual(final_state="ln_f"), tp.Residual(name="raw"), prepend_bos=False)
+    res = tp.run(model, [text], tp.LogitLens(top_k=1, apply_ln=False),
+                 tp.LogitLens(top_k=1, name="faithful"), tp.Residual(final_state="ln_f"),
+                 tp.Residual(name="raw"), prepend_bos=False)
     assert res.inputs.tokens[0].tolist() == tokens[0].tolist()
     lens = res.logit_lens
     # states 1..L of the course variant are the notebook's rows; the last is the model's prediction

@@ -132,7 +132,7 @@ def test_multi_token_target_uses_last_subtoken(model):
     assert res.inputs.tokens[0, pos].item() == ids[-1]
     assert res.inputs.tokens[0, pos - len(ids) + 1 : pos + 1].tolist() == ids
     assert res.first_piece.positions[0, 0].item() == pos - len(ids) + 1
-    assert res.before.positions[0, 0].item() == pos - len(ids)  # offsets count from the word's edges
+    assert res.before.positions[0, 0].item() == pos - len(ids)  # offsets count from its edges
 
 
 def test_explicit_positions_count_valid_tokens(model):

@@ -79,7 +79,8 @@ def test_resolve_positions_uses_boundaries_with_padding(gpt2_tokenizer):
         def enc(w):
             return gpt2_tokenizer(w, add_special_tokens=False)["input_ids"]
 
-        for target, want in ((tp.Target(" Anastasia", offset=-1), None), (tp.Target(" Anastasia"), "asia"),
+        for target, want in ((tp.Target(" Anastasia", offset=-1), None),
+                             (tp.Target(" Anastasia"), "asia"),
                              (tp.Target(" Anastasia", piece="first"), " An")):
             pos, valid = resolve_positions(target, toks, mask, encode_word=enc)
             got = [gpt2_tokenizer.decode([int(toks[b, pos[b, 0]])]) for b in range(len(rows))]
@@ -87,7 +88,8 @@ def test_resolve_positions_uses_boundaries_with_padding(gpt2_tokenizer):
                 assert got == ["Yesterday", " that", " questioned"]
             else:
                 assert got == [want] * len(rows)
-        pos, valid = resolve_positions(tp.Target(" Anastasia", piece="mean"), toks, mask, encode_word=enc)
+        pos, valid = resolve_positions(tp.Target(" Anastasia", piece="mean"), toks, mask,
+                                       encode_word=enc)
         assert valid.sum(1).tolist() == [3, 3, 3]
 
 
@@ -110,17 +112,15 @@ def test_probes_and_analyzers_resolve_a_word_to_the_same_tokens(gpt2_bpe_dir):
     # the trajectory's target angle is the angle of that slot; "before" is the token before ' An'
     x = r.resid.double().numpy()
     b = 1
-    np.testing.assert_allclose(at.angles["target"][:, b],
-                               tp.angle(x[1:, b, at.target_slots[b]], x[:-1, b, at.target_slots[b]]))
-    np.testing.assert_allclose(at.angles["before"][:, b],
-                               tp.angle(x[1:, b, at.before_slots[b]], x[:-1, b, at.before_slots[b]]))
+    t, p = at.target_slots[b], at.before_slots[b]
+    np.testing.assert_allclose(at.angles["target"][:, b], tp.angle(x[1:, b, t], x[:-1, b, t]))
+    np.testing.assert_allclose(at.angles["before"][:, b], tp.angle(x[1:, b, p], x[:-1, b, p]))
     # piece="mean": the angle of the pieces' mean vector, the same pieces the probe keeps
     atm = tp.angle_trajectory(r, tp.Target(" Anastasia", piece="mean"), robust=False)
     mean_vec = res.pieces.resid[:, b].double().mean(1).numpy()
     np.testing.assert_allclose(atm.angles["target"][:, b], tp.angle(mean_vec[1:], mean_vec[:-1]))
     # within-layer angles, the geometry analyzers and the decomposition use the same resolver
     wl = tp.within_layer_angles(r, " Anastasia")
-    t, p = at.target_slots[b], at.before_slots[b]
     np.testing.assert_allclose(wl.target[:, b], tp.angle(x[:, b, t], x[:, b, p]))
     # a capture holding only the word's slot still resolves (positions map back to slots)
     with pytest.warns(RuntimeWarning, match="fewer than 2 pairs"):  # no "before" slot was kept

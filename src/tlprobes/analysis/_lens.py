@@ -274,7 +274,9 @@ def logit_lens(
            "top1_logprob": msk(top_lp[..., 0])}
     settings = {"mode": st.mode, "apply_ln": apply_ln, "ln": norm_name,
                 "eps": eps, "top_k": k, "final_state": st.meta.get("final_state", "unknown"),
-                "variant": VARIANTS[bool(apply_ln)], "meta": st.meta}
+                "variant": VARIANTS[bool(apply_ln)], "meta": st.meta,
+                "protocol": {**st.meta.get("protocol", {}), "variant": VARIANTS[bool(apply_ln)],
+                             "final_norm": norm_name}}
     return LogitLensResult(np.arange(L1), top_ids, top_lp, tg, res["target_logprob"],
                            res["target_rank"], res["entropy"], res["kl_to_final"], st.mask,
                            _summaries(res, m3, has_t), settings)
