@@ -182,20 +182,40 @@ def course_lens(hf, tok, text):
     return tokens, torch.stack(preds), torch.stack(lsm), output.logits[0]
 
 
-@pytest.mark.skipif(not HAS_BRIDGE, reason="needs the TransformerBridge")
+def _tl_from_dir(path, hf, tok):
+    """The TL model of an HF dir on this TL line: the bridge, or (TL 2) an unprocessed
+    HookedTransformer with the same weights."""
+    if HAS_BRIDGE:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        return TransformerBridge.boot_transformers(str(path), device="cpu")
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+
+    c = hf.config
+    cfg = HookedTransformerConfig(
+        n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head, d_head=c.n_embd // c.n_head,
+        d_mlp=4 * c.n_embd, d_vocab=c.vocab_size, n_ctx=c.n_positions, act_fn="gelu_new",
+        normalization_type="LN", eps=1e-5, original_architecture="GPT2LMHeadModel", device="cpu")
+    ht = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
+    ht.load_and_process_state_dict(convert_gpt2_weights(hf, cfg), fold_ln=False,
+                                   center_writing_weights=False, center_unembed=False,
+                                   fold_value_biases=False)
+    return ht.eval()
+
+
 @pytest.mark.parametrize("which", ["shipped", "gpt2_bpe"])
 def test_lens_course_variant_equals_notebook(which, request):
-    from transformer_lens.model_bridge import TransformerBridge
-
     if which == "shipped":
         from tlprobes.models import model_dir
 
         path = model_dir("default")
-        model = tp.load_model("default", kind="bridge")
+        model = tp.load_model("default")  # this TL line's default kind (bridge or hooked)
+        hf, tok = _hf(path)
     else:
         path = request.getfixturevalue("gpt2_bpe_dir")
-        model = TransformerBridge.boot_transformers(str(path), device="cpu")
-    hf, tok = _hf(path)
+        hf, tok = _hf(path)
+        model = _tl_from_dir(path, hf, tok)
     text = "Anastasia said the way you do anything is the way you do everything"
     tokens, preds, lsm, logits = course_lens(hf, tok, text)
     res = tp.run(model, [text], tp.LogitLens(top_k=1, apply_ln=False),

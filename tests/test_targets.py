@@ -12,8 +12,6 @@ import tlprobes as tp
 from tlprobes._errors import PositionError
 from tlprobes.capture._positions import resolve_positions, target_indices, word_spans
 
-from conftest import HAS_BRIDGE
-
 SENTENCES = [
     "Yesterday Anastasia gave her a book.",
     "I think that Anastasia saw her at the market.",
@@ -93,11 +91,10 @@ def test_resolve_positions_uses_boundaries_with_padding(gpt2_tokenizer):
         assert valid.sum(1).tolist() == [3, 3, 3]
 
 
-@pytest.mark.skipif(not HAS_BRIDGE, reason="needs the TransformerBridge")
 def test_probes_and_analyzers_resolve_a_word_to_the_same_tokens(gpt2_bpe_dir):
-    from transformer_lens.model_bridge import TransformerBridge
+    from test_course_replica import _hf, _tl_from_dir
 
-    model = TransformerBridge.boot_transformers(str(gpt2_bpe_dir), device="cpu")
+    model = _tl_from_dir(gpt2_bpe_dir, *_hf(gpt2_bpe_dir))  # bridge, or HookedTransformer on TL 2
     res = tp.run(model, SENTENCES, tp.Residual(),
                  tp.Residual(positions=tp.Target(" Anastasia"), name="word"),
                  tp.Residual(positions=tp.Target(" Anastasia", offset=-1), name="before"),
