@@ -249,3 +249,66 @@ def test_first_token_follows_positions_and_attention_mask():
     acc = AngleAccumulator()
     acc.update(sel)
     assert acc.compute().summary["all"].n.tolist() == [5, 5]  # row 0 never saw its first token
+
+
+# ------------------------------------------------------------------ issue 11: protocol, split
+def test_rotation_decomposition_is_exact():
+    from tlprobes.analysis import rotation_decomposition
+
+    rng = np.random.default_rng(5)
+    L, B, P, d = 4, 3, 5, 16
+    x0 = rng.normal(size=(B, P, d)) * 3
+    xs, mids = [x0], []
+    for _ in range(L):
+        mid = xs[-1] + rng.normal(size=(B, P, d))
+        mids.append(mid)
+        xs.append(mid + rng.normal(size=(B, P, d)) * 2)
+    x, mid = np.stack(xs), np.stack(mids)
+    r = rotation_decomposition(x, mid=mid, exclude_first=False)
+    np.testing.assert_allclose(r.angle, layer_angles(x), atol=1e-10)
+    # the two pushes add up to the orthogonal part of the step, and rebuild the angle
+    step = x[1:] - x[:-1]
+    xh = x[:-1] / np.linalg.norm(x[:-1], axis=-1, keepdims=True)
+    par = (step * xh).sum(-1)
+    perp = np.linalg.norm(step - par[..., None] * xh, axis=-1)
+    np.testing.assert_allclose(r.attn_perp + r.mlp_perp, perp, rtol=1e-10)
+    np.testing.assert_allclose(r.attn_par + r.mlp_par, par, rtol=1e-10, atol=1e-10)
+    rebuilt = np.degrees(np.arctan2(r.attn_perp + r.mlp_perp,
+                                    np.linalg.norm(x[:-1], axis=-1) + r.attn_par + r.mlp_par))
+    np.testing.assert_allclose(rebuilt, r.angle, atol=1e-9)
+    np.testing.assert_allclose(r.attn_angle, angle(mid, x[:-1]), atol=1e-10)
+    np.testing.assert_allclose(r.mlp_angle, angle(x[1:], mid), atol=1e-10)
+    # attention that only rescales x_(l-1) pushes nothing sideways
+    r2 = rotation_decomposition(x, mid=x[:-1] * 1.5)
+    np.testing.assert_allclose(r2.attn_perp, 0.0, atol=1e-10)
+    np.testing.assert_allclose(r2.summary["attention alone"].mean, 0.0, atol=1e-6)
+    with pytest.raises(InputError, match="resid_mid"):
+        rotation_decomposition(fake_residual(x, np.ones((B, P), bool)))
+
+
+def test_results_record_their_protocol_and_course_control_is_not_tested():
+    x = _study_data()
+    t = np.full(8, 3)
+    res = angle_trajectory(x, t, control="course", bonferroni="bonferroni_states")
+    assert set(res.tests) == {"target-before"}
+    assert {"target-before"} == set(res.permutation) == set(res.bootstrap)
+    proto = res.settings["protocol"]
+    assert {"bos", "final_state", "control", "correction", "batch_composition"} <= set(proto)
+    assert "m = L+1" in proto["correction"] and "padding included" in proto["control"]
+    clean = angle_trajectory(x, t, control="clean")
+    assert set(clean.tests) == {"target-before", "target-control"}
+    assert "m = L tests" in clean.settings["protocol"]["correction"]
+    groups = set(clean.to_frame().group)
+    stats_tb = set(clean.to_frame().query("group == 'target-before'").statistic)
+    assert {"perm_p", "boot_ci_low", "boot_ci_high", "t"} <= stats_tb and "target" in groups
+
+
+def test_course_control_needs_every_position():
+    x = _study_data(B=4, P=6)
+    cap = types.SimpleNamespace(resid=torch.tensor(x[:, :, :2]),
+                                mask=torch.ones(4, 2, dtype=torch.bool),
+                                positions=torch.tensor([[2, 3]] * 4),
+                                attention_mask=torch.ones(4, 6, dtype=torch.bool),
+                                str_tokens=None, meta={"mode": "raw"})
+    with pytest.raises(InputError, match="positions='all'"):
+        angle_trajectory(cap, np.full(4, 1), control="course")

@@ -55,12 +55,36 @@ def test_weight_bias_pair_equals_module_and_course_variant_skips_ln(setup):
     a = logit_lens(x, W_U, b_U, ln=ln, targets=tg)
     b = logit_lens(x, W_U, b_U, ln=(ln.weight.detach(), ln.bias.detach()), targets=tg)
     np.testing.assert_allclose(a.target_logprob, b.target_logprob, atol=1e-10)
-    c = logit_lens(x, W_U, targets=tg, apply_ln=False)
-    ref = F.log_softmax(x @ W_U, -1).gather(-1, tg[None, ..., None].expand(4, -1, -1, 1))[..., 0]
+    # the course's variant: no norm on x_0..x_(L-1), the model's norm on x_L (HF hidden_states)
+    c = logit_lens(x, W_U, targets=tg, apply_ln=False, ln=ln)
+    with torch.no_grad():
+        hs = torch.cat([x[:-1], ln(x[-1:])])
+    ref = F.log_softmax(hs @ W_U, -1).gather(-1, tg[None, ..., None].expand(4, -1, -1, 1))[..., 0]
     np.testing.assert_allclose(c.target_logprob, ref.numpy(), atol=1e-10)
-    assert c.settings["variant"] == "course (no ln_final)"
+    faithful = logit_lens(x, W_U, ln=ln, targets=tg)
+    np.testing.assert_allclose(c.target_logprob[-1], faithful.target_logprob[-1], atol=1e-10)
+    assert np.abs(c.target_logprob[:-1] - faithful.target_logprob[:-1]).max() > 1e-3
+    assert c.settings["variant"].startswith("course")
+    # on states that are HF's hidden states already, nothing more is normalised
+    d = logit_lens(hs, W_U, targets=tg, apply_ln=False, ln="identity")
+    np.testing.assert_allclose(d.target_logprob, ref.numpy(), atol=1e-10)
     with pytest.raises(InputError, match="W_U"):
-        logit_lens(x, W_U.T)
+        logit_lens(x, W_U.T, ln=ln)
+
+
+def test_bare_arrays_need_the_norm_named(setup):
+    x, W_U, b_U, ln, tg = setup
+    for apply_ln in (True, False):
+        with pytest.raises(InputError, match="needs the final norm named.*parameter-free"):
+            logit_lens(x, W_U, b_U, targets=tg, apply_ln=apply_ln)
+    with pytest.raises(InputError, match="unknown ln 'layernorm'"):
+        logit_lens(x, W_U, ln="layernorm")
+    free = logit_lens(x, W_U, b_U, targets=tg, ln="parameter-free")
+    with torch.no_grad():
+        z = F.layer_norm(x, (x.shape[-1],), eps=1e-5) @ W_U + b_U
+    ref = F.log_softmax(z, -1).gather(-1, tg[None, ..., None].expand(4, -1, -1, 1))[..., 0]
+    np.testing.assert_allclose(free.target_logprob, ref.numpy(), atol=1e-10)
+    assert free.settings["ln"] == "parameter-free"
 
 
 def test_ln_f_final_state_is_not_normalised_twice(setup):
@@ -167,3 +191,28 @@ def test_chunking_does_not_change_results(setup):
     np.testing.assert_array_equal(a.top_ids, b.top_ids)
     for k in ("top_logprobs", "target_logprob", "target_rank", "entropy", "kl_to_final"):
         np.testing.assert_allclose(getattr(a, k), getattr(b, k), rtol=1e-12)
+
+
+def test_capture_lens_uses_the_models_own_norm(model):
+    """Given a capture, no norm needs naming: the capture carries the model's (the adapter's
+    ln_final), and the numbers equal the LogitLens probe's, which reads the model's logits."""
+    import tlprobes as tp
+    from conftest import PROMPTS
+
+    res = tp.run(model, PROMPTS, tp.Residual(), tp.LogitLens(top_k=2), batch_size=2)
+    lens = res.logit_lens
+    tg = lens.target_ids
+    W_U, b_U = model.W_U.detach(), tp.adapter_for(model).b_U.detach()
+    mine = logit_lens(res.residual, W_U, b_U, targets=tg)
+    m = lens.mask.numpy()
+    np.testing.assert_allclose(mine.target_logprob[:, m], lens.target_logprob[:, m].numpy(),
+                               atol=2e-4, equal_nan=True)
+    assert "model's final norm" in mine.settings["ln"]
+    via_model = logit_lens(res.residual.resid, targets=tg, mask=res.residual.mask, model=model)
+    np.testing.assert_allclose(via_model.target_logprob, mine.target_logprob, atol=1e-10,
+                               equal_nan=True)
+    if tp.adapter_for(model).meta.mode != "raw":
+        return  # compat mode folds the LayerNorm weights: parameter-free is then the model's own
+    # the parameter-free LayerNorm (the old default) is measurably another lens on raw models
+    free = logit_lens(res.residual, W_U, b_U, targets=tg, ln="parameter-free")
+    assert np.nanmax(np.abs(free.target_logprob[-1] - mine.target_logprob[-1])) > 1e-3

@@ -112,3 +112,75 @@ def test_correlation_matches_scipy_and_handles_constant(rng):
     np.testing.assert_allclose([c.spearman_r, c.spearman_p], tuple(stats.spearmanr(x, y)))
     assert np.isnan(correlation(x, np.ones(50)).pearson_r)
     assert issubclass(InputError, TLProbesError)
+
+
+# ------------------------------------------------------------------ beyond the t-test (issue 11)
+def _brute_sign_flip(d):
+    """All 2^n sign patterns, by hand: the exact two-sided p of |mean| >= |observed|."""
+    import itertools
+
+    obs = abs(d.mean())
+    hits = sum(abs((np.array(s) * d).mean()) >= obs * (1 - 1e-12)
+               for s in itertools.product((1, -1), repeat=d.size))
+    return hits / 2 ** d.size
+
+
+def test_sign_flip_test_is_exact_for_small_n(rng):
+    from tlprobes.analysis import sign_flip_test
+
+    a = rng.normal(0.6, 1.0, size=(3, 10))
+    b = rng.normal(0.0, 1.0, size=(3, 10))
+    b[2, 4] = np.nan  # that pair is dropped at that layer only
+    res = sign_flip_test(a, b)
+    assert res.exact.all() and res.n.tolist() == [10, 10, 9]
+    for i in range(3):
+        ok = np.isfinite(b[i])
+        assert res.p[i] == pytest.approx(_brute_sign_flip(a[i, ok] - b[i, ok]), rel=1e-12)
+        sp = stats.permutation_test((a[i, ok], b[i, ok]),
+                                    lambda x, y, axis: np.mean(x - y, axis=axis),
+                                    permutation_type="samples", n_resamples=np.inf,
+                                    vectorized=True)
+        assert res.p[i] == pytest.approx(sp.pvalue, rel=1e-12)
+    np.testing.assert_allclose(res.p_bonferroni, np.minimum(1, res.p * 3))
+
+
+def test_sign_flip_monte_carlo_is_seeded_and_close_to_exact(rng):
+    from tlprobes.analysis import sign_flip_test
+
+    d = rng.normal(0.5, 1.0, size=(1, 16))
+    exact = sign_flip_test(d, np.zeros_like(d), n_resamples=2**16)
+    mc = sign_flip_test(d, np.zeros_like(d), n_resamples=4000, seed=3)
+    again = sign_flip_test(d, np.zeros_like(d), n_resamples=4000, seed=3)
+    assert exact.exact[0] and not mc.exact[0]
+    assert mc.p[0] == again.p[0]
+    se = np.sqrt(exact.p[0] * (1 - exact.p[0]) / 4000)
+    assert abs(mc.p[0] - exact.p[0]) < 5 * se + 1e-3
+
+
+def test_bootstrap_ci_matches_scipy_and_covers_the_mean(rng):
+    from tlprobes.analysis import bootstrap_ci
+
+    a = rng.normal(2.0, 1.0, size=(2, 30))
+    b = rng.normal(0.0, 1.0, size=(2, 30))
+    ci = bootstrap_ci(a, b, n_resamples=2000, seed=4)
+    ref = stats.bootstrap((a[0] - b[0],), np.mean, n_resamples=2000, method="BCa",
+                          rng=np.random.default_rng(4))
+    assert ci.ci_low[0] == pytest.approx(ref.confidence_interval.low, rel=1e-10)
+    assert ci.ci_high[0] == pytest.approx(ref.confidence_interval.high, rel=1e-10)
+    assert (ci.ci_low < (a - b).mean(1)).all() and ((a - b).mean(1) < ci.ci_high).all()
+
+
+def test_paired_test_with_one_pair_warns():
+    a = np.array([[1.0, np.nan], [1.0, 2.0]])
+    b = np.array([[0.0, 0.0], [0.0, 0.5]])
+    with pytest.warns(RuntimeWarning, match=r"layer index\(es\) \[0\] have fewer than 2 pairs"):
+        res = paired_test(a, b)
+    assert np.isnan(res.t[0]) and np.isfinite(res.t[1])
+
+
+def test_bonferroni_states_is_the_course_correction_under_a_clear_name():
+    p = np.array([0.01, 0.02, np.nan])
+    np.testing.assert_allclose(adjust_pvalues(p, "bonferroni_states")[:2], [0.04, 0.08])
+    np.testing.assert_allclose(adjust_pvalues(p, "course")[:2], [0.04, 0.08])  # the old spelling
+    t = paired_test(np.array([[1.0, 2.0, 4.0]]), np.zeros((1, 3)), bonferroni="course")
+    assert t.bonferroni == "bonferroni_states"

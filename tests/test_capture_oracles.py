@@ -127,7 +127,8 @@ def test_adapter_ln_final_equals_the_module(model):
 
 def test_course_variant_without_ln(model):
     res = tp.run(model, PROMPTS[:1], tp.LogitLens(apply_ln=False, keep_logprobs=True, positions="last"))
-    r = tp.run(model, PROMPTS[:1], tp.Residual(positions="last")).residual
+    # the course's states are HF's hidden_states: raw x_0..x_(L-1), ln_f(x_L) at the last one
+    r = tp.run(model, PROMPTS[:1], tp.Residual(positions="last", final_state="ln_f")).residual
     adapter = tp.adapter_for(model)
     want = torch.log_softmax(adapter.unembed(r.resid).float(), -1)
     torch.testing.assert_close(res.logit_lens.logprobs, want, atol=1e-5, rtol=0)

@@ -126,11 +126,13 @@ def test_multi_token_target_uses_last_subtoken(model):
     ids = tok(word, add_special_tokens=False)["input_ids"]
     assert len(ids) > 1, "the test word must split into several tokens"
     res = tp.run(model, PROMPTS[1:2], tp.Residual(positions=tp.Target(word)), tp.Residual(
-        positions=tp.Target(word, offset=-(len(ids) - 1)), name="first_piece"))
+        positions=tp.Target(word, piece="first"), name="first_piece"), tp.Residual(
+        positions=tp.Target(word, offset=-1), name="before"))
     pos = res.residual.positions[0, 0].item()
     assert res.inputs.tokens[0, pos].item() == ids[-1]
     assert res.inputs.tokens[0, pos - len(ids) + 1 : pos + 1].tolist() == ids
     assert res.first_piece.positions[0, 0].item() == pos - len(ids) + 1
+    assert res.before.positions[0, 0].item() == pos - len(ids)  # offsets count from its edges
 
 
 def test_explicit_positions_count_valid_tokens(model):

@@ -34,12 +34,12 @@ _SIDES = ("right", "left")
 
 
 def pad_sequences(
-    seqs: Sequence[Sequence[int]], *, pad_id: int, side: str = "right"
+    seqs: Sequence[Sequence[int]], *, pad_id: int, side: str = "right", width: int | None = None
 ) -> tuple[Int[Tensor, "batch seq"], Tensor]:
-    """Pad token-id lists into ``(tokens, attention_mask)``."""
+    """Pad token-id lists into ``(tokens, attention_mask)`` (to ``width`` when given)."""
     if side not in _SIDES:
         raise InputError(f"unknown padding_side {side!r}; valid: 'right', 'left'")
-    width = max(len(s) for s in seqs)
+    width = max([len(s) for s in seqs] + ([width] if width is not None else []))
     tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.bool)
     for i, s in enumerate(seqs):
@@ -115,6 +115,7 @@ def run(
     attention_mask: Tensor | None = None,
     padding_side: str = "right",
     prepend_bos: bool | None = None,
+    pad_to: int | str | None = None,
     device: torch.device | str | None = "cpu",
     dtype: torch.dtype | str | None = None,
     progress: bool | None = None,
@@ -129,7 +130,11 @@ def run(
         probes: probe instances (``tp.Residual()``, ...).
         batch_size: prompts per forward pass.
         padding_side: ``"right"`` (default) or ``"left"``.
-        prepend_bos: passed to the model's ``to_tokens`` (``None``: the model's default).
+        prepend_bos: passed to the model's ``to_tokens`` (``None``: the model's default;
+            ``False`` tokenises as Hugging Face's GPT-2 tokenizer does, without BOS).
+        pad_to: pad every batch to this width; ``"longest"``: to the longest prompt of the run, so
+            each prompt's padded row is what one batch of all prompts would give, whatever
+            ``batch_size`` (what the course's random control draws from).
         device, dtype: where captures are kept (CPU by default).
         progress: show a tqdm bar (default: when there is more than one batch).
 
@@ -165,9 +170,11 @@ def run(
         _check_sequences(adapter, seqs, texts)
         pad_id = adapter.pad_token_id()
         starts = range(0, len(seqs), batch_size)
+        width = _pad_width(pad_to, seqs)
 
         def batch(start: int) -> tuple[Tensor, Tensor, list[str] | None]:
-            tokens, mask = pad_sequences(seqs[start : start + batch_size], pad_id=pad_id, side=padding_side)
+            tokens, mask = pad_sequences(seqs[start : start + batch_size], pad_id=pad_id,
+                                         side=padding_side, width=width)
             return tokens, mask.long(), texts[start : start + batch_size] if texts else None
 
     show = progress if progress is not None else len(starts) > 1
@@ -183,8 +190,8 @@ def run(
     return session.result
 
 
-_RUN_ARGS = ("batch_size", "attention_mask", "padding_side", "prepend_bos", "device", "dtype",
-             "progress")
+_RUN_ARGS = ("batch_size", "attention_mask", "padding_side", "prepend_bos", "pad_to", "device",
+             "dtype", "progress")
 _RESERVED = ("input", "tokens", "return_type", "start_at_layer", "stop_at_layer")
 
 
@@ -209,6 +216,16 @@ def _check_forward_kwargs(model: Any, kwargs: dict[str, Any]) -> None:
             f"run() got an unknown keyword argument {key!r}{hint} valid: {choices(_RUN_ARGS)} "
             f"or a keyword of {type(model).__name__}.forward ({choices(named)})"
         )
+
+
+def _pad_width(pad_to: int | str | None, seqs: list[list[int]]) -> int | None:
+    if pad_to is None:
+        return None
+    if pad_to == "longest":
+        return max(len(s) for s in seqs)
+    if isinstance(pad_to, int) and not isinstance(pad_to, bool) and pad_to >= 1:
+        return pad_to
+    raise InputError(f"unknown pad_to {pad_to!r}; valid: None, 'longest', or a positive int")
 
 
 def _check_sequences(adapter: Adapter, seqs: list[list[int]], texts: list[str] | None) -> None:

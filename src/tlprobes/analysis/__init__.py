@@ -17,6 +17,8 @@ from ._angles import angle as angle
 from ._angles import angle_trajectory as angle_trajectory
 from ._angles import layer_angles as layer_angles
 from ._angles import within_layer_angles as within_layer_angles
+from ._angles import RotationDecomposition as RotationDecomposition
+from ._angles import rotation_decomposition as rotation_decomposition
 from ._geometry import Anisotropy as Anisotropy
 from ._geometry import AnisotropyAccumulator as AnisotropyAccumulator
 from ._geometry import Drift as Drift
@@ -63,11 +65,16 @@ from ._stats import correlation as correlation
 from ._stats import independent_test as independent_test
 from ._stats import layer_summary as layer_summary
 from ._stats import paired_test as paired_test
+from ._stats import BootstrapCI as BootstrapCI
+from ._stats import SignFlipTest as SignFlipTest
+from ._stats import bootstrap_ci as bootstrap_ci
+from ._stats import sign_flip_test as sign_flip_test
 from ._stream import StreamedSummary as StreamedSummary
 
 __all__ = [
     "CONTROLS", "AngleAccumulator", "AngleTrajectory", "WithinLayerAngles", "angle",
-    "angle_trajectory", "layer_angles", "within_layer_angles",
+    "angle_trajectory", "layer_angles", "within_layer_angles", "RotationDecomposition",
+    "rotation_decomposition",
     "Anisotropy", "AnisotropyAccumulator", "Drift", "DriftAccumulator", "PCAResult", "StateSpace",
     "TSNEResult", "anisotropy", "cosine_matrix", "drift", "pca", "state_space_trajectories", "tsne",
     "LogitLensResult", "Spectrum", "WeightTying", "effective_rank", "logit_lens",
@@ -78,4 +85,5 @@ __all__ = [
     "RSAResult", "cka", "rdm", "rsa",
     "Correlation", "IndependentTest", "LayerSummary", "PairedTest", "adjust_pvalues", "correlation",
     "independent_test", "layer_summary", "paired_test", "StreamedSummary",
+    "BootstrapCI", "SignFlipTest", "bootstrap_ci", "sign_flip_test",
 ]

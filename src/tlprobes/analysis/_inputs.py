@@ -47,6 +47,9 @@ class States:
     attention_mask: np.ndarray | None = None
     str_tokens: list[list[str]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    tokens: np.ndarray | None = None
+    row_width: np.ndarray | None = None
+    final_norm: Any = None
 
     @property
     def mode(self) -> str:
@@ -94,9 +97,16 @@ def as_states(
             v = getattr(cap, name, None)
             extra[name] = None if v is None else as_array(v, dtype=None)
         extra["str_tokens"] = getattr(cap, "str_tokens", None)
+        for name in ("tokens", "row_width"):
+            v = getattr(cap, name, None)
+            extra[name] = None if v is None else as_array(v, dtype=None)
         meta = _meta_dict(cap)
         if hasattr(cap, "final_state"):
             meta.setdefault("final_state", cap.final_state)
+        protocol = getattr(cap, "protocol", None)
+        if protocol:
+            meta["protocol"] = dict(protocol)
+        extra["final_norm"] = getattr(cap, "final_norm", None)
     elif hasattr(data, "shape") or isinstance(data, (list, tuple)):
         values = data
         meta = {}

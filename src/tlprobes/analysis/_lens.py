@@ -4,9 +4,15 @@ effective rank.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
-    >>> r = logit_lens(rng.normal(size=(3, 1, 4, 8)), rng.normal(size=(8, 11)), top_k=2)
+    >>> r = logit_lens(rng.normal(size=(3, 1, 4, 8)), rng.normal(size=(8, 11)), top_k=2,
+    ...                ln="parameter-free")
     >>> r.top_ids.shape, float(np.abs(r.kl_to_final[-1]).max())
     ((3, 1, 4, 2), 0.0)
+
+The two variants: the logit lens (``apply_ln=True``) reads every state x_l through the model's
+own final norm, ``W_U ln_f(x_l) + b_U``; the course's variant (``apply_ln=False``, lecture 222)
+applies ``W_U`` to Hugging Face's ``hidden_states``: x_0..x_(L-1) raw and x_L after ln_f (HF's
+last hidden state already is), so its last row is the model's own prediction too.
 """
 
 from __future__ import annotations
@@ -38,6 +44,13 @@ __all__ = [
 
 Array = np.ndarray | torch.Tensor
 
+#: what each value of ``apply_ln`` computes, in the words every report prints
+VARIANTS = {
+    True: "logit lens: W_U ln_f(x_l) + b_U at every state, with the model's own final norm",
+    False: "course (lecture 222): W_U applied to HF hidden_states, i.e. x_0..x_(L-1) raw and "
+           "ln_f(x_L) at the last state, so its last row is the model's own prediction",
+}
+
 
 @dataclass(frozen=True, eq=False, repr=False)
 class LogitLensResult(FrameMixin):
@@ -64,20 +77,47 @@ class LogitLensResult(FrameMixin):
         return long_frame(cols, layers=self.layers)
 
 
+_LN_WORDS = ("parameter-free", "identity")
+
+
 def _layer_norm(x: np.ndarray, ln: Any, eps: float) -> np.ndarray:
+    if isinstance(ln, str):
+        if ln == "identity":
+            return x
+        xc = x - x.mean(-1, keepdims=True)
+        return xc / np.sqrt((xc**2).mean(-1, keepdims=True) + eps)
     if callable(ln):
         if isinstance(ln, torch.nn.Module):
             p = next(iter(ln.parameters()), None)
             dt = p.dtype if p is not None else torch.float32
             with torch.no_grad():
                 return as_array(ln(torch.as_tensor(x, dtype=dt)))
-        return as_array(ln(x))
+        with torch.no_grad():
+            return as_array(ln(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))))
     xc = x - x.mean(-1, keepdims=True)
     y = xc / np.sqrt((xc**2).mean(-1, keepdims=True) + eps)
+    w, b = ln
+    return y * as_array(w) + (0.0 if b is None else as_array(b))
+
+
+def _resolve_norm(ln: Any, model: Any, carried: Any) -> tuple[Any, str]:
+    """The final norm to use and its description; None when none is known."""
+    if isinstance(ln, str):
+        if ln not in _LN_WORDS:
+            raise InputError(f"unknown ln {ln!r}; valid: None (the model's own), "
+                             f"{', '.join(map(repr, _LN_WORDS))}, a (weight, bias) pair or a "
+                             "callable")
+        return ln, ln
     if ln is not None:
-        w, b = ln
-        y = y * as_array(w) + (0.0 if b is None else as_array(b))
-    return y
+        if hasattr(ln, "cfg") and hasattr(ln, "W_U"):  # a TL model passed as the norm
+            model, ln = ln, None
+        else:
+            return ln, "callable" if callable(ln) else "weight,bias"
+    if model is not None:
+        return adapter_for(model).ln_final, "the model's final norm (adapter ln_final)"
+    if carried is not None:
+        return carried, "the model's final norm (carried with the capture)"
+    return None, "none"
 
 
 def _summaries(
@@ -112,15 +152,21 @@ def logit_lens(
     top_k: int = 5,
     chunk_elements: int = 1 << 22,
     mode: str | None = None,
+    model: Any = None,
 ) -> LogitLensResult:
-    """Read every layer's state through the unembedding: z_l = LN(x_l) @ W_U + b_U.
+    """Read every layer's state through the unembedding: z_l = ln_f(x_l) @ W_U + b_U.
 
     ``data``: residual capture / ``[L+1, B, P, d]`` states (with ``W_U``: a matrix, or the model
-    itself for its own final norm, unembedding and logit soft-cap), or a logit-lens
-    capture (``.target_logprob``, ``.entropy``, ...), which is summarised as is.
-    ``apply_ln=False`` is the course's variant (lecture 222: no final LayerNorm). ``ln``: None
-    (parameter-free LN, ``eps``), a ``(weight, bias)`` pair, or a callable such as the model's
-    ``ln_final``. A state already marked ``final_state="ln_f"`` is not normalised twice.
+    itself, or ``model=``, for the model's own final norm, unembedding and logit soft-cap), or a logit-lens capture (``.target_logprob``, ...), summarised as is.
+
+    The final norm ``ln`` defaults to the model's own: the one a ``tp.Residual`` capture carries
+    (the adapter's ``ln_final``), or ``model``'s. Bare arrays have no model, so the norm must be
+    named: ``ln=model``, a ``(weight, bias)`` LayerNorm pair, a callable (given a float64 torch
+    tensor), ``"parameter-free"`` (a LayerNorm without weights, ``eps``) or ``"identity"`` (the
+    states are normalised already). ``apply_ln=False`` is the course's variant (lecture 222): no
+    norm on x_0..x_(L-1), the final norm on x_L only (as HF's last hidden state), so the last row
+    is the model's own prediction. A state already marked ``final_state="ln_f"`` is not
+    normalised twice.
     ``targets`` ``[B, P]`` token ids (e.g. the next tokens; -1 = none) give rank and log-prob;
     target statistics are summarised only where a target exists. Work is done in float64 over
     chunks of about ``chunk_elements`` logits, so a 50k vocabulary does not need all layers'
@@ -128,7 +174,7 @@ def logit_lens(
 
     >>> import numpy as np
     >>> x = np.random.default_rng(1).normal(size=(2, 1, 3, 4))
-    >>> r = logit_lens(x, np.eye(4), targets=np.zeros((1, 3), int), apply_ln=False)
+    >>> r = logit_lens(x, np.eye(4), targets=np.zeros((1, 3), int), ln="identity")
     >>> r.target_rank.shape
     (2, 1, 3)
     """
@@ -150,13 +196,28 @@ def logit_lens(
             res["target_logprob"], res["target_rank"], res["entropy"], res["kl_to_final"],
             st.mask, _summaries(res, m3, has_t), settings,
         )
-    if W_U is None:
-        raise InputError("logit_lens on states needs W_U [d_model, vocab] (and optionally b_U)")
+    if W_U is not None and not hasattr(W_U, "shape"):  # the model (or its Adapter) given as W_U
+        model, W_U = W_U, None
+    if W_U is None and model is None:
+        raise InputError("logit_lens on states needs W_U [d_model, vocab] (and optionally b_U), "
+                         "or model=... to take the model's own")
     st = as_states(data, mask, mode=mode)
     readout = None
-    if not hasattr(W_U, "shape"):  # the model (or its Adapter): its own norm, unembed and soft-cap
-        readout = adapter_for(W_U).readout
-        W_U = adapter_for(W_U).W_U.detach()
+    if model is not None and ln is None and W_U is None:
+        # the model's own readout: its final norm, unembedding and final-logit transform
+        ad = adapter_for(model)
+        readout, W_U, b_U = ad.readout, ad.W_U.detach(), None
+    norm, norm_name = (None, "the model's readout") if readout is not None else _resolve_norm(
+        ln, model, st.final_norm)
+    final_ln = st.meta.get("final_state") == "ln_f"
+    if readout is None and norm is None and (apply_ln or not final_ln):
+        raise InputError(
+            "logit_lens on bare arrays needs the final norm named (they carry no model): pass "
+            "ln=model (or model=...), ln=(weight, bias), a callable such as the adapter's "
+            "ln_final, ln='parameter-free' (a LayerNorm without the model's weights) or "
+            "ln='identity' (the states are normalised already); a tp.Residual capture carries "
+            "the model's own"
+        )
     W = as_array(W_U)
     b = np.zeros(W.shape[1]) if b_U is None else as_array(b_U)
     L1, B, P, d = st.values.shape
@@ -166,7 +227,6 @@ def logit_lens(
     tg = None if targets is None else as_array(targets, dtype=None).astype(int)
     has_t = None if tg is None else tg >= 0  # -1 = no target (e.g. the last position)
     tgc = None if tg is None else np.clip(tg, 0, W.shape[1] - 1)
-    final_ln = st.meta.get("final_state") == "ln_f"
     N = B * P
     xs = st.values.reshape(L1, N, d)
     tgf = None if tgc is None else tgc.reshape(N)
@@ -180,12 +240,13 @@ def logit_lens(
         lps = []
         for li in range(L1):
             x = xs[li, sl]
-            ln_here = apply_ln and not (final_ln and li == L1 - 1)
+            last = li == L1 - 1
+            norm_here = (apply_ln or last) and not (final_ln and last)
             if readout is not None:
                 with torch.no_grad():
-                    z = as_array(readout(torch.as_tensor(x), apply_ln=ln_here).double())
+                    z = as_array(readout(torch.as_tensor(x), apply_ln=norm_here).double())
             else:
-                z = (_layer_norm(x, ln, eps) if ln_here else x) @ W + b
+                z = (_layer_norm(x, norm, eps) if norm_here else x) @ W + b
             lp = log_softmax(z, axis=-1)
             lps.append(lp)
             part = np.argpartition(-z, k - 1, axis=-1)[:, :k]
@@ -216,11 +277,11 @@ def logit_lens(
            "target_rank": None if tg is None else msk(out["rank"]),
            "entropy": msk(out["entropy"]), "kl_to_final": msk(out["kl"]),
            "top1_logprob": msk(top_lp[..., 0])}
-    settings = {"mode": st.mode, "apply_ln": apply_ln,
-                "ln": "none" if not apply_ln else ("parameter-free" if ln is None else
-                                                   "callable" if callable(ln) else "weight,bias"),
+    settings = {"mode": st.mode, "apply_ln": apply_ln, "ln": norm_name,
                 "eps": eps, "top_k": k, "final_state": st.meta.get("final_state", "unknown"),
-                "variant": "logit_lens" if apply_ln else "course (no ln_final)", "meta": st.meta}
+                "variant": VARIANTS[bool(apply_ln)], "meta": st.meta,
+                "protocol": {**st.meta.get("protocol", {}), "variant": VARIANTS[bool(apply_ln)],
+                             "final_norm": norm_name}}
     return LogitLensResult(np.arange(L1), top_ids, top_lp, tg, res["target_logprob"],
                            res["target_rank"], res["entropy"], res["kl_to_final"], st.mask,
                            _summaries(res, m3, has_t), settings)

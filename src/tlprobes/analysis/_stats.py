@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -31,10 +34,24 @@ __all__ = [
     "independent_test",
     "adjust_pvalues",
     "correlation",
+    "SignFlipTest",
+    "sign_flip_test",
+    "BootstrapCI",
+    "bootstrap_ci",
 ]
 
 Layers = Sequence[int] | np.ndarray | None
-CORRECTIONS = ("bonferroni", "course", "fdr_bh", "none")
+CORRECTIONS = ("bonferroni", "bonferroni_states", "course", "fdr_bh", "none")
+#: Bonferroni names for a per-layer test: m = the number of tests (L), or m = the number of hidden
+#: states (L+1), which is the course's ``.05/n_hiddens``; ``"course"`` is the old spelling of the
+#: latter and still works.
+BONFERRONI = ("bonferroni", "bonferroni_states", "course")
+
+
+def _bonferroni_name(name: str) -> str:
+    if name not in BONFERRONI:
+        raise InputError(f"unknown bonferroni {name!r}; choose one of {choices(BONFERRONI)}")
+    return "bonferroni_states" if name == "course" else name
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -110,7 +127,8 @@ def adjust_pvalues(
     m: int | None = None,
 ) -> Float[np.ndarray, " test"]:
     """Adjusted p-values (NaN stays NaN). ``"bonferroni"``: m = number of finite tests;
-    ``"course"``: Bonferroni with the course's m = n_hiddens = tests + 1 (or ``m``);
+    ``"bonferroni_states"`` (old name ``"course"``): Bonferroni with m = the number of hidden
+    states = tests + 1 (the course's ``.05/n_hiddens`` for L per-layer tests), or ``m``;
     ``"fdr_bh"``: Benjamini-Hochberg through ``scipy.stats.false_discovery_control``."""
     p = np.asarray(p, float)
     out = np.full_like(p, np.nan)
@@ -124,7 +142,7 @@ def adjust_pvalues(
         out[ok] = p[ok]
     elif method == "bonferroni":
         out[ok] = np.minimum(1.0, p[ok] * (m if m is not None else k))
-    elif method == "course":
+    elif method in ("bonferroni_states", "course"):
         out[ok] = np.minimum(1.0, p[ok] * (m if m is not None else p.size + 1))
     else:
         out[ok] = stats.false_discovery_control(p[ok], method="bh")
@@ -136,7 +154,8 @@ class PairedTest(FrameMixin):
     """Per-layer paired t-test of a - b over the same items (``scipy.stats.ttest_rel``).
 
     ``d_z`` = mean(diff)/sd(diff); ``ci_low/ci_high`` bound mean(diff) at 95%;
-    ``p_bonferroni`` uses the correction named in ``bonferroni`` ("bonferroni" or "course")."""
+    ``p_bonferroni`` uses the correction named in ``bonferroni``: ``"bonferroni"`` (m = L tests)
+    or ``"bonferroni_states"`` (m = L+1 hidden states, the course's)."""
 
     n: np.ndarray
     mean_diff: np.ndarray
@@ -178,7 +197,16 @@ def paired_test(
     alpha: float | int = 0.05,
     bonferroni: str = "bonferroni",
 ) -> PairedTest:
-    """Two-sided paired t-test of ``a`` vs ``b`` at each layer over items where both are finite."""
+    """Two-sided paired t-test of ``a`` vs ``b`` at each layer over items where both are finite.
+
+    A layer with fewer than two pairs (or no spread in the differences) has no t and gives NaN,
+    with a warning naming the layers.
+
+    >>> import numpy as np
+    >>> paired_test(np.array([[1.0, 2.0, 4.0]]), np.array([[0.0, 1.0, 1.0]])).n.tolist()
+    [3]
+    """
+    bonferroni = _bonferroni_name(bonferroni)
     a = np.asarray(a, float)
     b = np.asarray(b, float)
     L = a.shape[0]
@@ -199,8 +227,19 @@ def paired_test(
         ci = tt.confidence_interval(0.95)
         res["t"][i], res["p"][i], res["df"][i] = tt.statistic, tt.pvalue, tt.df
         res["lo"][i], res["hi"][i] = ci.low, ci.high
-    if bonferroni not in ("bonferroni", "course"):
-        raise InputError(f"unknown bonferroni {bonferroni!r}; choose 'bonferroni' or 'course'")
+    few = np.flatnonzero(res["n"] < 2)
+    if few.size:
+        warnings.warn(
+            f"paired t-test: layer index(es) {few.tolist()} have fewer than 2 pairs "
+            f"(n = {res['n'][few].astype(int).tolist()}); their t and p are NaN",
+            RuntimeWarning, stacklevel=2,
+        )
+    flat = np.flatnonzero((res["n"] >= 2) & ~np.isfinite(res["t"]))
+    if flat.size:
+        warnings.warn(
+            f"paired t-test: layer index(es) {flat.tolist()} have identical differences (sd = 0); "
+            "their t and p are NaN", RuntimeWarning, stacklevel=2,
+        )
     return PairedTest(
         res["n"].astype(int), res["md"], res["t"], res["df"], res["p"], res["dz"], res["lo"],
         res["hi"], adjust_pvalues(res["p"], bonferroni), adjust_pvalues(res["p"], "fdr_bh"),
@@ -292,3 +331,142 @@ def correlation(
     sr = stats.spearmanr(x[ok], y[ok])
     return Correlation(n, float(pr.statistic), float(pr.pvalue), float(sr.statistic),
                        float(sr.pvalue), excluded)
+
+
+@dataclass(frozen=True, eq=False)
+class SignFlipTest(FrameMixin):
+    """Per-layer paired permutation test: under H0 each item's difference a - b is as likely
+    to have the opposite sign, so the mean difference is compared with its sign-flip distribution.
+
+    ``exact`` says whether all 2^n sign patterns were enumerated (else ``n_resamples`` Monte Carlo
+    ones from ``seed``); ``p`` is two-sided; ``p_bonferroni`` / ``p_fdr_bh`` are corrected across
+    layers like :class:`PairedTest`. No normality is assumed."""
+
+    n: np.ndarray
+    mean_diff: np.ndarray
+    p: np.ndarray
+    exact: np.ndarray
+    p_bonferroni: np.ndarray
+    p_fdr_bh: np.ndarray
+    n_resamples: int
+    seed: int
+    bonferroni: str
+
+    def columns(self, group: str) -> dict[tuple[str, str], np.ndarray]:
+        return {(group, "perm_p"): self.p, (group, "perm_p_bonferroni"): self.p_bonferroni,
+                (group, "perm_p_fdr_bh"): self.p_fdr_bh,
+                (group, "perm_exact"): self.exact.astype(float)}
+
+    def to_frame(self, group: str = "a-b", layers: Layers = None) -> pd.DataFrame:
+        return long_frame(self.columns(group), layers=layers)
+
+
+def _mean_stat(x: Any, axis: int = -1) -> Any:
+    return np.mean(x, axis=axis)
+
+
+def sign_flip_test(
+    a: Real[np.ndarray, "layer item"],
+    b: Real[np.ndarray, "layer item"],
+    *,
+    n_resamples: int = 9999,
+    seed: int = 0,
+    bonferroni: str = "bonferroni",
+) -> SignFlipTest:
+    """Exact (``2**n <= n_resamples + 1``) or Monte Carlo sign-flip test of mean(a - b) per layer,
+    over the items where both are finite. Calls ``scipy.stats.permutation_test`` with
+    ``permutation_type="samples"`` (swapping a and b inside a pair = flipping the sign of its
+    difference), seeded with ``numpy.random.default_rng(seed)``.
+
+    >>> import numpy as np
+    >>> r = sign_flip_test(np.array([[1.0, 2.0, 3.0]]), np.zeros((1, 3)))
+    >>> bool(r.exact[0]), float(r.p[0])  # 2 of the 8 sign patterns reach |mean| >= 2
+    (True, 0.25)
+    """
+    bonferroni = _bonferroni_name(bonferroni)
+    a = np.asarray(a, float)
+    b = np.asarray(b, float)
+    L = a.shape[0]
+    n = np.zeros(L, int)
+    md = np.full(L, np.nan)
+    p = np.full(L, np.nan)
+    exact = np.zeros(L, bool)
+    rng = np.random.default_rng(seed)
+    for i in range(L):
+        ok = np.isfinite(a[i]) & np.isfinite(b[i])
+        n[i] = int(ok.sum())
+        if n[i] < 2:
+            continue
+        d = a[i, ok] - b[i, ok]
+        md[i] = d.mean()
+        exact[i] = 2.0 ** n[i] <= n_resamples + 1
+        res = stats.permutation_test(
+            (d, np.zeros_like(d)), lambda x, y, axis=-1: _mean_stat(x - y, axis),
+            permutation_type="samples", vectorized=True, alternative="two-sided",
+            n_resamples=np.inf if exact[i] else n_resamples, rng=rng,
+        )
+        p[i] = res.pvalue
+    return SignFlipTest(n, md, p, exact, adjust_pvalues(p, bonferroni), adjust_pvalues(p, "fdr_bh"),
+                        int(n_resamples), int(seed), bonferroni)
+
+
+@dataclass(frozen=True, eq=False)
+class BootstrapCI(FrameMixin):
+    """Per-layer bootstrap confidence interval of the mean of ``a - b`` (or of ``a``) over items,
+    resampling items (sentences) with replacement; ``method`` is scipy's ("BCa" by default)."""
+
+    n: np.ndarray
+    mean: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    confidence: float
+    method: str
+    n_resamples: int
+    seed: int
+
+    def columns(self, group: str) -> dict[tuple[str, str], np.ndarray]:
+        return {(group, "boot_ci_low"): self.ci_low, (group, "boot_ci_high"): self.ci_high}
+
+    def to_frame(self, group: str = "a-b", layers: Layers = None) -> pd.DataFrame:
+        return long_frame(self.columns(group), layers=layers)
+
+
+def bootstrap_ci(
+    a: Real[np.ndarray, "layer item"],
+    b: Real[np.ndarray, "layer item"] | None = None,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 9999,
+    method: str = "BCa",
+    seed: int = 0,
+) -> BootstrapCI:
+    """Bootstrap CI over items of mean(a - b) (paired; ``b=None``: of mean(a)) at each layer,
+    through ``scipy.stats.bootstrap`` seeded with ``numpy.random.default_rng(seed)``.
+
+    >>> import numpy as np
+    >>> ci = bootstrap_ci(np.random.default_rng(0).normal(1.0, 0.1, size=(1, 40)))
+    >>> bool(ci.ci_low[0] < 1.0 < ci.ci_high[0])
+    True
+    """
+    a = np.asarray(a, float)
+    b = np.zeros_like(a) if b is None else np.asarray(b, float)
+    L = a.shape[0]
+    n = np.zeros(L, int)
+    mean, lo, hi = (np.full(L, np.nan) for _ in range(3))
+    rng = np.random.default_rng(seed)
+    for i in range(L):
+        ok = np.isfinite(a[i]) & np.isfinite(b[i])
+        n[i] = int(ok.sum())
+        if n[i] < 2:
+            continue
+        d = a[i, ok] - b[i, ok]
+        mean[i] = d.mean()
+        if np.ptp(d) == 0:
+            lo[i] = hi[i] = d[0]
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=stats.DegenerateDataWarning)
+            r = stats.bootstrap((d,), _mean_stat, n_resamples=n_resamples, method=method,
+                                confidence_level=confidence, vectorized=True, rng=rng)
+        lo[i], hi[i] = r.confidence_interval.low, r.confidence_interval.high
+    return BootstrapCI(n, mean, lo, hi, float(confidence), method, int(n_resamples), int(seed))

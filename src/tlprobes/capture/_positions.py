@@ -8,7 +8,13 @@ A selector is one of
   padding never shifts them); negative values count back from the last valid token; a list of lists
   gives each prompt its own positions;
 * :class:`Target`: the positions of a word, e.g. ``Target(" her")`` (its last sub-token when the
-  word is several tokens) or ``Target(" her", offset=-1)``, the token before it.
+  word is several tokens; ``piece="first"`` or ``"mean"`` on request) or
+  ``Target(" her", offset=-1)``, the token before it. Offsets count from the word's boundaries:
+  negative ones from its first piece, positive ones from its last piece, so ``offset=-1`` is the
+  token before the word however many pieces it has.
+
+Every place that looks a target word up (the probes here, and every analyzer given a word) goes
+through :func:`target_indices`, so a word resolves to the same tokens everywhere.
 
 ::
 
@@ -31,9 +37,12 @@ from torch import Tensor
 
 from .._errors import PositionError, choices
 
-__all__ = ["Target", "PositionSpec", "check_spec", "resolve_positions"]
+__all__ = [
+    "Target", "PositionSpec", "check_spec", "resolve_positions", "target_indices", "word_spans",
+]
 
 _OCCURRENCES = ("first", "last", "all")
+_PIECES = ("last", "first", "mean")
 
 
 @dataclass(frozen=True)
@@ -43,18 +52,28 @@ class Target:
     Args:
         word: the word as it appears inside the text, with its leading space (``" her"``), or a
             token id.
-        offset: shift from the word's last sub-token (``-1``: the token before the word).
+        offset: ``0`` is the word itself; a negative offset counts back from the word's *first*
+            piece (``-1``: the token before the word) and a positive one forward from its *last*
+            piece (``+1``: the token after it), so offsets never land inside a multi-token word.
         occurrence: ``"first"`` (the course's choice), ``"last"``, or ``"all"`` occurrences.
+        piece: which piece stands for a word split into several tokens (at ``offset=0``):
+            ``"last"`` (default; it has seen the whole word), ``"first"``, or ``"mean"`` (every
+            piece: a probe keeps them all, an analyzer averages their vectors).
+
+    With GPT-2's BPE, ``" Anastasia"`` is ``[' An', 'ast', 'asia']``: ``Target(" Anastasia")`` is
+    ``'asia'``, ``piece="first"`` is ``' An'``, ``offset=-1`` the token before ``' An'`` and
+    ``offset=1`` the token after ``'asia'``.
 
     Example::
 
         >>> Target(" her", offset=-1)
-        Target(word=' her', offset=-1, occurrence='first')
+        Target(word=' her', offset=-1, occurrence='first', piece='last')
     """
 
     word: str | int
     offset: int = 0
     occurrence: Literal["first", "last", "all"] = "first"
+    piece: Literal["last", "first", "mean"] = "last"
 
     def __post_init__(self) -> None:
         if not isinstance(self.word, (str, int)) or isinstance(self.word, bool) or self.word == "":
@@ -63,8 +82,10 @@ class Target:
             raise PositionError(
                 f"unknown occurrence {self.occurrence!r}; valid: {choices(_OCCURRENCES)}"
             )
-        if not isinstance(self.offset, int):
+        if not isinstance(self.offset, int) or isinstance(self.offset, bool):
             raise PositionError(f"Target offset must be an int, got {self.offset!r}")
+        if self.piece not in _PIECES:
+            raise PositionError(f"unknown piece {self.piece!r}; valid: {choices(_PIECES)}")
 
 
 PositionSpec = Any  # "all" | "last" | int | Sequence[int] | Sequence[Sequence[int]] | Target
@@ -104,10 +125,87 @@ def check_spec(spec: PositionSpec) -> PositionSpec:
     )
 
 
-def _find(seq: list[int], sub: list[int]) -> list[int]:
-    """End indices (last sub-token) of every occurrence of ``sub`` in ``seq``."""
-    n = len(sub)
-    return [i + n - 1 for i in range(len(seq) - n + 1) if seq[i : i + n] == sub]
+def word_spans(seq: Sequence[Any], word: Sequence[Any] | str) -> list[tuple[int, int]]:
+    """``(first, last)`` index of every occurrence of a word in ``seq``.
+
+    ``word`` is the word's pieces (token ids, or token strings), matched as an exact run, or a
+    ``str`` matched against a ``seq`` of token strings: a run of tokens whose strings join to
+    exactly the word (how an analyzer without a tokenizer finds ``" Anastasia"`` in
+    ``[..., ' An', 'ast', 'asia', ...]``; for byte-level BPE this is the run the tokenizer makes).
+
+    >>> word_spans([5, 1, 2, 5, 1, 2], [1, 2])
+    [(1, 2), (4, 5)]
+    >>> word_spans(["I", " saw", " An", "ast", "asia"], " Anastasia")
+    [(2, 4)]
+    """
+    if isinstance(word, str):
+        out = []
+        for i in range(len(seq)):
+            acc = ""
+            for j in range(i, len(seq)):
+                acc += str(seq[j])
+                if acc == word:
+                    out.append((i, j))
+                    break
+                if not word.startswith(acc) or len(acc) >= len(word):
+                    break
+        return out
+    n = len(word)
+    if n == 0:
+        return []
+    w = list(word)
+    return [(i, i + n - 1) for i in range(len(seq) - n + 1) if list(seq[i : i + n]) == w]
+
+
+def target_indices(
+    seq: Sequence[Any],
+    word: Sequence[Any] | str,
+    target: Target,
+    *,
+    where: str = "the prompt",
+    shown: Any = None,
+) -> list[list[int]]:
+    """The one resolver of a :class:`Target`: indices into ``seq`` (a prompt's valid tokens) of
+    each picked occurrence, one list per occurrence (several indices only for ``piece="mean"``).
+
+    ``word``: the target's pieces or string, as for :func:`word_spans`. Raises
+    :class:`PositionError` when the word is absent or the offset falls outside the prompt.
+
+    >>> seq = ["I", " saw", " An", "ast", "asia", "."]
+    >>> target_indices(seq, " Anastasia", Target(" Anastasia", offset=-1))
+    [[1]]
+    """
+    spans = word_spans(seq, word)
+    if not spans:
+        what = f"token ids {list(word)}" if shown is None else shown
+        raise PositionError(
+            f"target {target.word!r} ({what}) "
+            f"is absent from {where}; check the leading space (' her' vs 'her') or the tokenisation"
+        )
+    if target.occurrence == "first":
+        spans = spans[:1]
+    elif target.occurrence == "last":
+        spans = spans[-1:]
+    out = []
+    for first, last in spans:
+        off = target.offset
+        if off < 0:
+            picked = [first + off]
+        elif off > 0:
+            picked = [last + off]
+        elif target.piece == "first":
+            picked = [first]
+        elif target.piece == "mean":
+            picked = list(range(first, last + 1))
+        else:
+            picked = [last]
+        if not all(0 <= j < len(seq) for j in picked):
+            raise PositionError(
+                f"offset {off} from target {target.word!r} at valid positions {first}..{last} "
+                f"falls outside {where} (valid positions 0..{len(seq) - 1})"
+            )
+        out.append(picked)
+    return out
 
 
 def _single_token(
@@ -166,7 +264,7 @@ def resolve_positions(
     def where(b: int) -> str:
         return describe(b) if describe is not None else f"prompt {b}"
 
-    if isinstance(spec, Target) and spec.occurrence != "all":
+    if isinstance(spec, Target) and spec.occurrence != "all":  # one piece: first == last
         sub = [spec.word] if isinstance(spec.word, int) else None
         if sub is None and encode_word is not None:
             sub = encode_word(spec.word)
@@ -192,26 +290,8 @@ def resolve_positions(
                 raise PositionError(f"target word {spec.word!r} encodes to no tokens")
         for b in range(batch):
             ids = tokens[b, valid_idx[b]].tolist()
-            ends = _find(ids, sub)
-            if not ends:
-                raise PositionError(
-                    f"target {spec.word!r} (token ids {sub}) is absent from {where(b)}; "
-                    "check the leading space (' her' vs 'her') or the tokenisation"
-                )
-            if spec.occurrence == "first":
-                ends = ends[:1]
-            elif spec.occurrence == "last":
-                ends = ends[-1:]
-            picked = []
-            for e in ends:
-                j = e + spec.offset
-                if not 0 <= j < len(ids):
-                    raise PositionError(
-                        f"offset {spec.offset} from target {spec.word!r} at valid position {e} falls "
-                        f"outside {where(b)} (valid positions 0..{len(ids) - 1})"
-                    )
-                picked.append(valid_idx[b][j])
-            rows.append(picked)
+            picked = [j for occ in target_indices(ids, sub, spec, where=where(b)) for j in occ]
+            rows.append([valid_idx[b][j] for j in picked])
     else:
         per_prompt = spec if isinstance(spec[0], tuple) else None
         if per_prompt is not None and len(per_prompt) != batch:

@@ -8,7 +8,9 @@ logits; at x_L they equal the model's logits exactly. Only small per-layer numbe
     >>> lens = tp.run(model, prompts, tp.LogitLens(top_k=5, positions="last")).logit_lens  # doctest: +SKIP
     >>> lens.top_strings(layer=-1)                                                          # doctest: +SKIP
 
-``apply_ln=False`` is the course's variant (lecture 222): states go straight through ``W_U``.
+``apply_ln=False`` is the course's variant (lecture 222): ``W_U`` applied to Hugging Face's
+``hidden_states``, i.e. x_0..x_(L-1) raw and x_L after the final norm (HF's last hidden state
+already is), so the last state's read-out is the model's own prediction in both variants.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ class LogitLens(Probe):
         positions: position selector, as for :class:`Residual`.
         targets: ``"next"`` (the next token of the prompt, default), ``None``, one token id for all
             slots, or a ``[batch, k]`` int tensor.
-        apply_ln: apply the final LayerNorm (True, faithful) or not (the course's variant).
+        apply_ln: apply the final norm to every state (True, the logit lens) or only to x_L, as
+            HF's ``hidden_states`` have it (False, the course's variant).
         keep_logprobs: also keep the full ``[state, batch, k, vocab]`` log-probs.
     """
 
@@ -160,10 +163,11 @@ class LogitLens(Probe):
         has_t = tgt >= 0
         tgt_c = tgt.clamp(min=0)
 
-        def logprobs_of(x: Tensor) -> Tensor:
-            return torch.log_softmax(adapter.readout(x, apply_ln=self.apply_ln).float(), dim=-1)
+        def logprobs_of(x: Tensor, last: bool = False) -> Tensor:
+            ln = self.apply_ln or last  # the course variant: ln_f on x_L only, as HF's hidden states
+            return torch.log_softmax(adapter.readout(x, apply_ln=ln).float(), dim=-1)
 
-        final = logprobs_of(states[n])
+        final = logprobs_of(states[n], last=True)
         p_final = final.exp()
         fields: dict[str, list[Tensor]] = {
             k: [] for k in ("top_ids", "top_logprobs", "target_logprob", "target_rank", "entropy", "kl")

@@ -14,9 +14,11 @@ l-1. ``final_state="ln_f"`` applies the final LayerNorm to x_L, which is what HF
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -34,11 +36,21 @@ _FINAL = ("raw", "ln_f")
 
 @dataclass(frozen=True, repr=False)
 class ResidualCapture(Captured):
-    """``resid[l]`` is x_l (l = 0..L); ``resid_mid[l]`` is block l's ``resid_mid`` (when asked)."""
+    """``resid[l]`` is x_l (l = 0..L); ``resid_mid[l]`` is block l's ``resid_mid`` (when asked).
+
+    ``row_width[b]``: the padded width of the forward pass prompt ``b`` ran in (slots past it were
+    added when batches were merged and hold no activation); ``protocol``: how the states were made
+    (BOS, final state, padding side, batch widths), printed by every report; ``final_norm``: the
+    model's own final normalisation (the adapter's ``ln_final``), so a lens on this capture needs
+    no norm named (not saved with the tensors).
+    """
 
     resid: Float[Tensor, "state batch k d_model"]
     resid_mid: Float[Tensor, "layer batch k d_model"] | None
     final_state: str
+    row_width: Tensor | None = None
+    protocol: dict[str, Any] = field(default_factory=dict)
+    final_norm: Callable[[Tensor], Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_layers(self) -> int:
@@ -99,11 +111,15 @@ class Residual(Probe):
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         n = ctx.adapter.n_layers
         pos, valid = ctx.positions(self.positions)
+        batch, width = ctx.tokens.shape
         return {
             "resid": ctx.take(scratch, "resid", n + 1, self.name),
             "resid_mid": ctx.take(scratch, "mid", n, self.name) if self.mid else None,
             "positions": pos,
             "mask": valid,
+            "row_width": torch.full((batch,), width, dtype=torch.long),
+            "has_bos": _starts_with_bos(ctx),
+            "final_norm": ctx.adapter.ln_final,
         }
 
     def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
@@ -114,6 +130,8 @@ class Residual(Probe):
                 "resid_mid": (1, (2,), 0.0),
                 "positions": (0, (1,), -1),
                 "mask": (0, (1,), False),
+                "row_width": (0, (), 0),
+                "has_bos": (0, (), False),
             },
         )
 
@@ -126,4 +144,36 @@ class Residual(Probe):
             resid=piece["resid"],
             resid_mid=piece["resid_mid"],
             final_state=self.final_state,
+            row_width=piece["row_width"],
+            protocol=protocol_of(inputs, piece["row_width"], piece["has_bos"], self.final_state),
+            final_norm=piece["final_norm"],
         )
+
+
+def _starts_with_bos(ctx: BatchContext) -> Tensor:
+    """``[batch]`` True where the prompt's first real token is the tokenizer's BOS."""
+    tok = ctx.adapter.tokenizer
+    bos = getattr(tok, "bos_token_id", None) if tok is not None else None
+    if bos is None:
+        return torch.zeros(ctx.tokens.shape[0], dtype=torch.bool)
+    first = ctx.mask.long().argmax(1)
+    return ctx.tokens.gather(1, first[:, None])[:, 0] == int(bos)
+
+
+def protocol_of(
+    inputs: Inputs, row_width: Tensor, has_bos: Tensor, final_state: str
+) -> dict[str, Any]:
+    """The choices that produced a residual capture, in words and numbers (JSON-able)."""
+    am = inputs.attention_mask.bool()
+    left = bool((~am[:, :1] & am.any(1, keepdim=True)).any())
+    widths = sorted({int(w) for w in row_width.tolist()})
+    n_bos = int(has_bos.sum())
+    return {
+        "bos": ("yes" if n_bos == len(has_bos) else "no" if n_bos == 0
+                else f"{n_bos} of {len(has_bos)}"),
+        "final_state": "ln_f(x_L)" if final_state == "ln_f" else "raw x_L",
+        "padding_side": "left" if left else "right",
+        "batch_widths": widths,
+        "merge_padding": len(widths) > 1,
+        "n_prompts": int(am.shape[0]),
+    }

@@ -1,10 +1,12 @@
-"""Seed 004: the unembedding and the logit lens: what W_U reads at every layer, with and without
-the final LayerNorm, plus weight tying and the unembedding's spectrum."""
+"""Seed 004: the unembedding and the logit lens: what W_U reads at every layer, in the two variants
+(the logit lens: the model's final norm on every state; the course's: W_U on HF's hidden states,
+no norm before the last state, no BOS), plus weight tying and the unembedding's spectrum."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 import torch
 
 from .._study import StudyContext, StudyOutput
@@ -26,16 +28,32 @@ class Lens:
         import tlprobes as tp
         from tlprobes.analysis import logit_lens, unembedding_spectrum, weight_tying
 
+        from tlprobes.analysis._lens import VARIANTS
+
         a = ctx.analysis
-        probes = [tp.LogitLens(top_k=a["top_k"])]
-        if a["course_variant"]:
-            probes.append(tp.LogitLens(top_k=a["top_k"], apply_ln=False, name="lens_no_ln"))
-        res = tp.run(ctx.model, ctx.prompts, *probes, batch_size=ctx.batch_size,
-                     padding_side=ctx.padding_side, progress=ctx.progress)
+        res = tp.run(ctx.model, ctx.prompts, tp.LogitLens(top_k=a["top_k"]),
+                     batch_size=ctx.batch_size, padding_side=ctx.padding_side,
+                     progress=ctx.progress)
         out = StudyOutput()
         out.tables["lens"] = logit_lens(res.logit_lens).to_frame()
+        protocol = {"variant": [VARIANTS[True]],
+                    "BOS": ["as the model was trained (prepend_bos default)"],
+                    "scored against": ["the next token of the prompt"],
+                    "batches": [f"{ctx.batch_size} prompts, {ctx.padding_side} padding"]}
         if a["course_variant"]:
-            out.tables["lens_no_ln"] = logit_lens(res.lens_no_ln).to_frame()
+            # the course: GPT-2's tokenizer (no BOS), W_U on HF hidden_states (no norm before x_L)
+            course = tp.run(ctx.model, ctx.prompts,
+                            tp.LogitLens(top_k=a["top_k"], apply_ln=False, name="lens_no_ln"),
+                            batch_size=ctx.batch_size, padding_side=ctx.padding_side,
+                            prepend_bos=False, progress=ctx.progress)
+            out.tables["lens_no_ln"] = logit_lens(course.lens_no_ln).to_frame()
+            protocol["variant"].append(VARIANTS[False])
+            protocol["BOS"].append("none (prepend_bos=False, as GPT-2's HF tokenizer encodes)")
+            protocol["scored against"].append("the next token of the prompt")
+            protocol["batches"].append(protocol["batches"][0])
+        out.tables["protocol"] = pd.DataFrame(
+            protocol, index=["logit lens", "course"][: len(protocol["BOS"])]
+        ).T.reset_index(names="choice")
         adapter = tp.adapter_for(ctx.model)
         W_U = adapter.W_U.detach().double().cpu().numpy()
         W_E = ctx.model.W_E.detach().double().cpu().numpy()
@@ -67,15 +85,22 @@ class Lens:
         f = out.facts
         report = new_report(
             manifest, self.title,
-            "Logit lens: each residual state x_0..x_L goes through the model's own final LayerNorm "
-            "(fresh statistics) and W_U; at x_L this is exactly the model's output. Scored against "
-            f"the next token of each of {f['n_prompts']} prompts. The course variant (lecture 222) "
-            "skips the final LayerNorm.",
+            "Two variants, scored against the next token of each of "
+            f"{f['n_prompts']} prompts. The logit lens: each residual state x_0..x_L goes through "
+            "the model's own final LayerNorm (fresh statistics) and W_U. The course's variant "
+            "(lecture 222): W_U applied to Hugging Face's hidden_states, i.e. x_0..x_(L-1) with no "
+            "norm and x_L after ln_f (HF's last hidden state already is), on prompts tokenised "
+            "without BOS as GPT-2's tokenizer does. At x_L each variant's read-out is exactly the "
+            "model's own prediction for its input, so the gap there is the BOS's alone; before x_L "
+            "the missing norm adds to it.",
         )
+        if "protocol" in out.tables:
+            report.add_table(out.tables["protocol"], caption="protocol of each variant")
         df = out.tables["lens"]
         layers, _ = series(df, "target_logprob", "mean")
         curves = {}
-        for name, table in (("with ln_final", df), ("without ln_final (course)", out.tables.get("lens_no_ln"))):
+        for name, table in (("logit lens (ln_f on every state)", df),
+                            ("course (no norm before x_L, no BOS)", out.tables.get("lens_no_ln"))):
             if table is None:
                 continue
             curves[name] = tuple(series(table, "target_logprob", s)[1] for s in ("mean", "ci_low", "ci_high"))

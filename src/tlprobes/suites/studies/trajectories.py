@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..._errors import PositionError
 from .._schema import SuiteError
 from .._study import StudyContext, StudyOutput
 from ._common import new_report
@@ -18,9 +19,10 @@ __all__ = ["STUDY"]
 
 
 def _target_slots(model: Any, tokens: torch.Tensor, mask: torch.Tensor, words: list[str]) -> np.ndarray:
-    """Last sub-token position of each prompt's target word (its first occurrence)."""
+    """Last sub-token position of each prompt's target word (its first occurrence), resolved like
+    ``tp.Target(word)`` through :func:`tlprobes.capture._positions.target_indices`."""
     import tlprobes as tp
-    from tlprobes.capture._positions import _find
+    from tlprobes.capture._positions import Target, target_indices
 
     adapter = tp.adapter_for(model)
     slots = np.full(len(words), -1)
@@ -29,10 +31,12 @@ def _target_slots(model: Any, tokens: torch.Tensor, mask: torch.Tensor, words: l
         valid = mask[b].nonzero().flatten().tolist()
         seq = [ids[i] for i in valid]
         for variant in (" " + word, word, " " + word.capitalize(), word.capitalize()):
-            ends = _find(seq, adapter.encode_word(variant))
-            if ends:
-                slots[b] = valid[ends[0]]
-                break
+            try:
+                (picked,) = target_indices(seq, adapter.encode_word(variant), Target(variant))
+            except PositionError:
+                continue
+            slots[b] = valid[picked[0]]
+            break
         if slots[b] < 0:
             raise SuiteError(f"target word {word!r} not found in the tokens of prompt {b}")
     return slots
