@@ -33,6 +33,7 @@ from ._session import attach as attach
 from .capture import Activation as Activation
 from .capture import Attention as Attention
 from .capture import Components as Components
+from .capture import HeadSteps as HeadSteps
 from .capture import LogitLens as LogitLens
 from .capture import Probe as Probe
 from .capture import Residual as Residual
@@ -71,6 +72,8 @@ _LAZY = {
     "rsa": ("tlprobes.analysis", "rsa"),
     "rdm": ("tlprobes.analysis", "rdm"),
     "cka": ("tlprobes.analysis", "cka"),
+    "head_ranking": ("tlprobes.analysis", "head_ranking"),
+    "head_contrast": ("tlprobes.analysis", "head_contrast"),
     "AngleAccumulator": ("tlprobes.analysis", "AngleAccumulator"),
     "PathAccumulator": ("tlprobes.analysis", "PathAccumulator"),
     "DriftAccumulator": ("tlprobes.analysis", "DriftAccumulator"),
@@ -110,7 +113,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
-    "Activation", "Attention", "Components", "HeadError", "InputError", "Inputs", "LayerError",
+    "Activation", "Attention", "Components", "HeadError", "HeadSteps", "InputError", "Inputs", "LayerError",
     "LogitLens", "Meta", "ModelError", "PositionError", "Probe", "Residual", "ResidualMean",
     "Result", "ResultsError", "SITES", "Session", "SiteError", "Steps", "TLProbesError", "Target",
     "UnknownModelError",
