@@ -417,3 +417,32 @@ def test_ranking_finds_previous_token_and_induction_heads(name):
     top = c.top(3)
     assert set(top["head"]) == induction and set(top["layer"]) == {1}
     assert (top["reject"] == 1).all()
+
+
+# ------------------------------------------------------------------------------------------ suite section
+def test_rotation_angles_suite_has_the_which_heads_section(tmp_path, tiny):
+    from pathlib import Path
+
+    from tlprobes.suites import load_results, run_suite
+    from tlprobes.suites._run import render_run
+
+    probes = Path(__file__).resolve().parents[1] / "probes"
+    text = (probes / "rotation_angles.toml").read_text()
+    text = text.replace('file = "prompts/', f'limit = 12\nfile = "{probes}/prompts/')
+    (tmp_path / "s.toml").write_text(text)
+    out = tmp_path / "run"
+    report = run_suite(tmp_path / "s.toml", out=out, model=tiny, quiet=True)
+    res = load_results(out)
+    df = res.tables["heads_contrast_angle"]
+    L, H = tiny.cfg.n_layers, tiny.cfg.n_heads
+    assert len(df) == L * (H + 2) and set(df["part"]) == {*(f"H{h}" for h in range(H)), "attn_bias", "mlp"}
+    # the shares of one block add up to that block's mean angle at the target (angles table, layer l+1)
+    angles = res.tables["angles_clean"]
+    tgt = angles[(angles["group"] == "target") & (angles["statistic"] == "mean")].sort_values("layer")
+    shares = df.groupby("layer")["target_mean"].sum().sort_index().to_numpy()
+    np.testing.assert_allclose(shares, tgt["value"].to_numpy(), rtol=1e-3)
+    assert {"heads_ranking_angle", "heads_ranking_dla"} <= set(res.tables)
+    for html in (report.read_text(encoding="utf-8"), render_run(out).read_text(encoding="utf-8")):
+        section = html[html.rindex("Which heads turn"):]
+        assert section.count("<img") == 2 and "more than the word before it" in section
+        assert "block 0 is layer 1" in section

@@ -469,6 +469,7 @@ def plot_head_heatmap(
     title: str | None = None,
     annotate: bool | None = None,
     mark_label: str = "significant (adjusted p < .05)",
+    ylabel: str = "layer",
     figsize: tuple[float, float] | None = None,
 ) -> Figure:
     """A layer x head heatmap (layers down, heads across), diverging colours centred on 0.
@@ -499,7 +500,7 @@ def plot_head_heatmap(
     ax.set_xticks(np.arange(H), labels, rotation=45 if H > 8 else 0)
     ax.set_yticks(np.arange(L), [str(l) for l in range(L)])
     ax.set_xlabel("head")
-    ax.set_ylabel("layer")
+    ax.set_ylabel(ylabel)
     if annotate if annotate is not None else (H <= 16 and L <= 24):
         for i in range(L):
             for j in range(H):
