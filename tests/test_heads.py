@@ -93,6 +93,13 @@ def test_heads_match_stack_head_results(model):
     _close(T["step_proj"][..., :H], (heads * u).sum(-1).masked_fill(~valid, nan), scale)
     xhat = (r[:-1] / r[:-1].norm(dim=-1, keepdim=True)).unsqueeze(3)
     _close(T["state_proj"][..., :H], (heads * xhat).sum(-1).masked_fill(~valid, nan), scale)
+    # angle share: the block's angle times the head's share of the step's push perpendicular to x_l
+    perp = step - (step.unsqueeze(3) * xhat).sum(-1) * xhat[:, :, :, 0]
+    e = (perp / perp.norm(dim=-1, keepdim=True)).unsqueeze(3)
+    cos = torch.nn.functional.cosine_similarity(r[1:], r[:-1], dim=-1).clamp(-1, 1)
+    theta = torch.rad2deg(torch.acos(cos)).unsqueeze(-1)
+    share = theta * (heads * e).sum(-1) / perp.norm(dim=-1).unsqueeze(-1)
+    _close(T["angle"][..., :H], share.masked_fill(~valid, nan), 90, 1e-3)
     # what is left of attn_out beyond the heads is the output bias b_O
     b_O = torch.stack([model.blocks[l].attn.b_O.detach() for l in range(model.cfg.n_layers)]).double()
     _close(T["norm"][..., H], b_O.norm(dim=-1)[:, None, None].expand_as(T["norm"][..., H])
@@ -331,9 +338,10 @@ def test_padding_is_masked(tiny):
         assert torch.isnan(t_both[:, ~keep]).all()
         torch.testing.assert_close(t_both[:, keep], t_alone, rtol=1e-4, atol=1e-4)
         # the moments (positions averaged per prompt) count only real tokens
-        m_alone = alone.head_steps.mean("norm")
-        m_both = tp.run(tiny, prompts[:1] * 2, tp.HeadSteps(), padding_side=side, progress=False).head_steps
-        torch.testing.assert_close(m_both.mean("norm"), m_alone, rtol=1e-5, atol=1e-5)
+        one = [tp.run(tiny, [p], tp.HeadSteps(), progress=False).head_steps for p in prompts]
+        m_both = tp.run(tiny, prompts, tp.HeadSteps(), padding_side=side, progress=False).head_steps
+        for f in FIELDS:
+            torch.testing.assert_close(m_both.mean(f), one[0].merge(one[1]).mean(f), rtol=1e-4, atol=1e-5)
 
 
 def test_state_dict_round_trip(tiny, tmp_path):
