@@ -1,6 +1,6 @@
 """What per-head attribution costs: ``tp.HeadSteps`` vs ``run_with_cache`` + ``stack_head_results``.
 
-    python bench/heads.py                       # GPT-2-small shape (12 x 768, 12 heads), batch 2 x 64, CPU
+    python bench/heads.py                        # GPT-2-small shape (12 x 768), batch 2 x 64, CPU
     python bench/heads.py --size tiny --rounds 3 # a smoke test
     python bench/heads.py --device cuda          # on a GPU (torch.cuda peak memory)
 
@@ -79,14 +79,17 @@ def make(name: str, s: Any) -> Any:
             for tag, p in (("target", pos), ("baseline", pos - 1)):
                 hd = heads[:, b, p].reshape(L, H, len(b), -1)
                 x = torch.stack([cache[f"blocks.{l}.hook_resid_pre"][b, p] for l in range(L)])
-                step = torch.stack([(cache[f"blocks.{l}.hook_attn_out"] + cache[f"blocks.{l}.hook_mlp_out"])[b, p]
-                                    for l in range(L)])
+                step = torch.stack([
+                    (cache[f"blocks.{l}.hook_attn_out"] + cache[f"blocks.{l}.hook_mlp_out"])[b, p]
+                    for l in range(L)
+                ])
                 u = step / step.norm(dim=-1, keepdim=True)
                 xh = x / x.norm(dim=-1, keepdim=True)
                 nxt = tokens[b, p + 1]
                 normed = cache.apply_ln_to_stack(heads[:, b, p][:, :, None], layer=-1)[:, :, 0]
                 dla = (normed * W_U[:, nxt].T).sum(-1).reshape(L, H, len(b))
-                out[tag] = ((hd * u[:, None]).sum(-1), (hd * xh[:, None]).sum(-1), hd.norm(dim=-1), dla)
+                proj = (hd * u[:, None]).sum(-1), (hd * xh[:, None]).sum(-1)
+                out[tag] = (*proj, hd.norm(dim=-1), dla)
             return out
 
     return call
@@ -169,7 +172,8 @@ def main() -> None:
     print(json.dumps(report, indent=1))
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / f"heads-{args.size}-{args.device.split(':')[0]}.json").write_text(json.dumps(report, indent=1))
+    name = f"heads-{args.size}-{args.device.split(':')[0]}.json"
+    (out / name).write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def _stack_heads(model, toks, mask):
     return stack.reshape(L, H, *stack.shape[1:]).double(), cache
 
 
-# ------------------------------------------------------------------------------------------ sums
+# ------------------------------------------------------------------------------------------- sums
 def test_parts_add_up_to_the_step(model):
     toks, mask = _tokens(model)
     res = _run(model, toks, mask)
@@ -68,11 +68,13 @@ def test_parts_add_up_to_the_step(model):
     _close(T["state_proj"].sum(-1), radial, scale)
     # the angle shares add up to the rotation angle between x_l and x_(l+1)
     cos = torch.nn.functional.cosine_similarity(r[1:], r[:-1], dim=-1).clamp(-1, 1)
-    _close(T["angle"].sum(-1), torch.rad2deg(torch.acos(cos)).masked_fill(~valid, float("nan")), 90, 1e-3)
+    angle = torch.rad2deg(torch.acos(cos)).masked_fill(~valid, float("nan"))
+    _close(T["angle"].sum(-1), angle, 90, 1e-3)
     # the MLP part is Components' mlp_out; heads + bias together are its attn_out
     u = step / step.norm(dim=-1, keepdim=True)
     H = model.cfg.n_heads
-    _close(T["step_proj"][..., H + 1], (comp.mlp_out.double() * u).sum(-1).masked_fill(~valid, float("nan")), scale)
+    mlp = (comp.mlp_out.double() * u).sum(-1).masked_fill(~valid, float("nan"))
+    _close(T["step_proj"][..., H + 1], mlp, scale)
     _close(T["step_proj"][..., : H + 1].sum(-1),
            (comp.attn_out.double() * u).sum(-1).masked_fill(~valid, float("nan")), scale)
 
@@ -101,7 +103,8 @@ def test_heads_match_stack_head_results(model):
     share = theta * (heads * e).sum(-1) / perp.norm(dim=-1).unsqueeze(-1)
     _close(T["angle"][..., :H], share.masked_fill(~valid, nan), 90, 1e-3)
     # what is left of attn_out beyond the heads is the output bias b_O
-    b_O = torch.stack([model.blocks[l].attn.b_O.detach() for l in range(model.cfg.n_layers)]).double()
+    L = model.cfg.n_layers
+    b_O = torch.stack([model.blocks[l].attn.b_O.detach() for l in range(L)]).double()
     _close(T["norm"][..., H], b_O.norm(dim=-1)[:, None, None].expand_as(T["norm"][..., H])
            .masked_fill(~valid[..., 0], nan), scale)
 
@@ -122,7 +125,7 @@ def test_heads_break_when_w_o_is_wrong(model, monkeypatch):
     assert (ours[ok] - theirs[ok]).abs().max() > 1e-3
 
 
-# ------------------------------------------------------------------------------------------ DLA
+# -------------------------------------------------------------------------------------------- DLA
 def test_dla_matches_logit_attrs_and_the_logits(model):
     toks, mask = _tokens(model)
     res = _run(model, toks, mask)
@@ -171,7 +174,9 @@ def test_dla_word_target_and_ablation(model):
             return (model.ln_final(x.float()) @ model.W_U[:, word] + model.b_U[word]).double()
 
         base = logit(x_final)
-        want = torch.stack([base - logit(x_final - heads[l, h]) for l in range(L) for h in range(H)])
+        want = torch.stack(
+            [base - logit(x_final - heads[l, h]) for l in range(L) for h in range(H)]
+        )
     want = want.reshape(L, H, *want.shape[1:]).permute(0, 2, 3, 1)
     ok = res.residual.mask
     got = T["dla"][..., :H]
@@ -179,7 +184,7 @@ def test_dla_word_target_and_ablation(model):
     assert (got[:, ok] - want[:, ok]).abs().max() <= 1e-4 * max(want.abs().max().item(), 1)
 
 
-# ------------------------------------------------------------------------------------------ GQA
+# -------------------------------------------------------------------------------------------- GQA
 def _llama_dir(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -261,7 +266,7 @@ def test_grouped_query_attention(kind, gqa_models):
     assert (T["logit"][ok] - want[ok]).abs().max() <= 1e-4 * max(want.abs().max().item(), 1)
 
 
-# ------------------------------------------------------------------------------------------ streaming
+# -------------------------------------------------------------------------------------- streaming
 def _bridge_or_hooked(tiny_dir, hf_model):
     from conftest import _build
 
@@ -282,7 +287,8 @@ def _her_run(model, bs=2, **kw):
 def test_moments_are_the_per_prompt_values(tiny):
     hs = tp.run(
         tiny, [p for p in PROMPTS if " her" in p] * 3,
-        tp.HeadSteps(positions=tp.Target(" her"), baseline=tp.Target(" her", offset=-1), keep_tokens=True),
+        tp.HeadSteps(positions=tp.Target(" her"), baseline=tp.Target(" her", offset=-1),
+                     keep_tokens=True),
         batch_size=2, progress=False,
     ).head_steps
     for i, f in enumerate(FIELDS):
@@ -293,12 +299,14 @@ def test_moments_are_the_per_prompt_values(tiny):
         assert torch.equal(hs.count(f), n)
         torch.testing.assert_close(hs.mean(f), tgt.nanmean(1), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(hs.mean(f, "baseline"), base.nanmean(1), rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(hs.mean(f, "contrast"), (tgt - base).nanmean(1), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(hs.mean(f, "contrast"), (tgt - base).nanmean(1),
+                                   rtol=1e-12, atol=1e-12)
     # the paired test from streamed moments is scipy's ttest_rel on the same per-prompt values
     from scipy import stats
 
     c = tp.head_contrast(hs, "angle", correction="bonferroni")
-    ref = stats.ttest_rel(hs.tokens["angle"][:, :, 0].numpy(), hs.tokens["angle"][:, :, 1].numpy(), axis=1)
+    a = hs.tokens["angle"].numpy()
+    ref = stats.ttest_rel(a[:, :, 0], a[:, :, 1], axis=1)
     np.testing.assert_allclose(c.t, ref.statistic, rtol=1e-8)
     np.testing.assert_allclose(c.p, ref.pvalue, rtol=1e-6)
     np.testing.assert_allclose(c.p_adjusted, np.minimum(1, ref.pvalue * ref.pvalue.size), rtol=1e-6)
@@ -327,7 +335,8 @@ def test_batching_and_merge_order_do_not_matter(tiny):
 def test_padding_is_masked(tiny):
     """A prompt padded inside a batch gives the values it gives alone (left and right padding)."""
     prompts = PROMPTS[:2]
-    alone = tp.run(tiny, prompts[:1], tp.HeadSteps(positions="all", keep_tokens=True), progress=False)
+    alone = tp.run(tiny, prompts[:1], tp.HeadSteps(positions="all", keep_tokens=True),
+                   progress=False)
     for side in ("right", "left"):
         both = tp.run(tiny, prompts, tp.HeadSteps(positions="all", keep_tokens=True),
                       padding_side=side, progress=False)
@@ -341,7 +350,8 @@ def test_padding_is_masked(tiny):
         one = [tp.run(tiny, [p], tp.HeadSteps(), progress=False).head_steps for p in prompts]
         m_both = tp.run(tiny, prompts, tp.HeadSteps(), padding_side=side, progress=False).head_steps
         for f in FIELDS:
-            torch.testing.assert_close(m_both.mean(f), one[0].merge(one[1]).mean(f), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(m_both.mean(f), one[0].merge(one[1]).mean(f),
+                                       rtol=1e-4, atol=1e-5)
 
 
 def test_state_dict_round_trip(tiny, tmp_path):
@@ -363,14 +373,17 @@ def test_state_dict_round_trip(tiny, tmp_path):
 
     with safe_open(tmp_path / "hs.safetensors", "pt") as f:
         info = f.metadata()["info"]
-    again = HeadStepsCapture.from_state_dict({**load_file(tmp_path / "hs.safetensors"), "info": info})
+    loaded = load_file(tmp_path / "hs.safetensors")
+    again = HeadStepsCapture.from_state_dict({**loaded, "info": info})
     assert torch.equal(again.moments["contrast"]["sumsq"], hs.moments["contrast"]["sumsq"])
     assert json.loads(info)["settings"]["baseline"].startswith("Target(")
+    html = back.to_html()  # the capture shows itself (heatmaps), also after a round trip
+    assert html.count("<img") == 3 and "HeadSteps" in html
     merged = back.merge(hs)
     torch.testing.assert_close(merged.moments["target"]["sum"], 2 * hs.moments["target"]["sum"])
 
 
-# ------------------------------------------------------------------------------------------ bad input
+# -------------------------------------------------------------------------------------- bad input
 def test_bad_inputs(tiny):
     with pytest.raises(InputError, match="unknown dla 'exact'"):
         tp.HeadSteps(dla="exact")
@@ -391,7 +404,7 @@ def test_bad_inputs(tiny):
         tp.head_ranking(object())
 
 
-# ------------------------------------------------------------------------------------------ shipped models
+# --------------------------------------------------------------------------------- shipped models
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["default", "default-s1"])
 def test_ranking_finds_previous_token_and_induction_heads(name):
@@ -427,7 +440,7 @@ def test_ranking_finds_previous_token_and_induction_heads(name):
     assert (top["reject"] == 1).all()
 
 
-# ------------------------------------------------------------------------------------------ suite section
+# ---------------------------------------------------------------------------------- suite section
 def test_rotation_angles_suite_has_the_which_heads_section(tmp_path, tiny):
     from pathlib import Path
 
@@ -443,10 +456,12 @@ def test_rotation_angles_suite_has_the_which_heads_section(tmp_path, tiny):
     res = load_results(out)
     df = res.tables["heads_contrast_angle"]
     L, H = tiny.cfg.n_layers, tiny.cfg.n_heads
-    assert len(df) == L * (H + 2) and set(df["part"]) == {*(f"H{h}" for h in range(H)), "attn_bias", "mlp"}
-    # the shares of one block add up to that block's mean angle at the target (angles table, layer l+1)
+    assert len(df) == L * (H + 2)
+    assert set(df["part"]) == {*(f"H{h}" for h in range(H)), "attn_bias", "mlp"}
+    # a block's shares add up to its mean angle at the target (angles table, layer l + 1)
     angles = res.tables["angles_clean"]
-    tgt = angles[(angles["group"] == "target") & (angles["statistic"] == "mean")].sort_values("layer")
+    tgt = angles[(angles["group"] == "target") & (angles["statistic"] == "mean")]
+    tgt = tgt.sort_values("layer")
     shares = df.groupby("layer")["target_mean"].sum().sort_index().to_numpy()
     np.testing.assert_allclose(shares, tgt["value"].to_numpy(), rtol=1e-3)
     assert {"heads_ranking_angle", "heads_ranking_dla"} <= set(res.tables)

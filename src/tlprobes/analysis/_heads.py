@@ -35,7 +35,8 @@ def _check(capture: Any) -> None:
 
     if not isinstance(capture, HeadStepsCapture):
         raise InputError(
-            f"expected the capture of tp.HeadSteps (result.head_steps), got {type(capture).__name__}"
+            "expected the capture of tp.HeadSteps (result.head_steps), got "
+            f"{type(capture).__name__}"
         )
 
 
@@ -63,8 +64,8 @@ class HeadRanking:
     """Per layer, the heads ordered by their mean ``statistic`` over prompts (with 95% CIs).
 
     ``mean``/``ci_low``/``ci_high``/``n`` are ``[layer, part]`` (parts: heads, ``attn_bias``,
-    ``mlp``); ``order[l]`` lists layer ``l``'s head indices best first; ``rank`` is ``[layer, head]``
-    (0 = best).
+    ``mlp``); ``order[l]`` lists layer ``l``'s head indices best first; ``rank`` is
+    ``[layer, head]`` (0 = best).
     """
 
     statistic: str
@@ -93,7 +94,7 @@ class HeadRanking:
         return [int(h) for h in self.order[layer, :k]]
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per layer and part: statistics, and the head's rank in its layer (-1: not a head)."""
+        """One row per layer and part: statistics and the head's rank in its layer (-1: no head)."""
         df = _frame(self._cap_like(), self.summary)
         H = self.order.shape[1]
         rank = np.full((self.order.shape[0], len(self.parts)), -1)
@@ -168,7 +169,8 @@ class HeadContrast:
         df = self.to_frame()
         if heads_only:
             df = df[df["head"] >= 0]
-        return df.sort_values("t", ascending=False, na_position="last").head(k).reset_index(drop=True)
+        df = df.sort_values("t", ascending=False, na_position="last")
+        return df.head(k).reset_index(drop=True)
 
     def to_frame(self) -> pd.DataFrame:
         class _C:
@@ -193,8 +195,8 @@ class HeadContrast:
 def head_contrast(
     capture: Any, statistic: str = "angle", *, correction: str = "fdr_bh", alpha: float = 0.05
 ) -> HeadContrast:
-    """Paired test per layer and part: does ``statistic`` differ between the target positions and the
-    baseline positions of the same prompts (e.g. " her" vs the word before it)?
+    """Paired test per layer and part: does ``statistic`` differ between the target positions and
+    the baseline positions of the same prompts (e.g. " her" vs the word before it)?
 
     Example::
 
@@ -205,7 +207,8 @@ def head_contrast(
     if "contrast" not in capture.moments:
         raise InputError(
             "this HeadSteps capture has no baseline; run tp.HeadSteps(positions=..., "
-            "baseline=tp.Target(word, offset=-1)) to compare each head at the target with the word before"
+            "baseline=tp.Target(word, offset=-1)) to compare each head at the target with the word "
+            "before"
         )
     if correction not in CORRECTIONS:
         raise InputError(f"unknown correction {correction!r}; valid: {choices(CORRECTIONS)}")

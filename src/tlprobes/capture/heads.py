@@ -6,14 +6,15 @@ per attention head (``z_h @ W_O[h]``, from ``blocks.{l}.attn.hook_z``), the atte
 selected token it keeps only scalars, which add up exactly over the parts:
 
 * ``step_proj``: projection onto the step direction (sums to the step length ``|x_(l+1) - x_l|``);
-* ``state_proj``: projection onto the current state ``x_l / |x_l|`` (sums to the step's radial part);
+* ``state_proj``: projection onto the current state ``x_l / |x_l|`` (sums to the step's radial
+  part);
 * ``norm``: the part's own length (does not sum);
 * ``angle``: its share of the rotation angle between ``x_l`` and ``x_(l+1)`` (degrees; the angle
   split in proportion to each part's push perpendicular to ``x_l``; sums to the angle);
-* ``dla``: direct logit attribution to a target token (the next token by default) through the model's
-  final norm with its scale frozen at the final state, as TL's ``ActivationCache.logit_attrs``
-  (``dla="frozen"``); or the exact effect of removing the part from the final state through the full
-  norm and unembedding (``dla="ablate"``, not additive).
+* ``dla``: direct logit attribution to a target token (the next token by default) through the
+  model's final norm with its scale frozen at the final state, as TL's
+  ``ActivationCache.logit_attrs`` (``dla="frozen"``); or the exact effect of removing the part from
+  the final state through the full norm and unembedding (``dla="ablate"``, not additive).
 
 Per prompt, the values at the selected slots are averaged; the probe keeps running sums over prompts
 (count, sum, sum of squares per field, layer and part), so its memory does not grow with the number
@@ -22,7 +23,7 @@ difference::
 
     >>> hs = tp.run(model, prompts, tp.HeadSteps(positions=tp.Target(" her"),
     ...             baseline=tp.Target(" her", offset=-1))).head_steps      # doctest: +SKIP
-    >>> hs.mean("angle").shape                       # [layer, part]: heads, attn_bias, mlp  # doctest: +SKIP
+    >>> hs.mean("angle").shape  # [layer, part]: heads, attn_bias, mlp  # doctest: +SKIP
     torch.Size([4, 6])
 """
 
@@ -32,15 +33,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from .._adapter import Adapter, Meta
 from .._errors import InputError, ResultsError, choices
-from .._result import Inputs, pad_cat
+from .._result import Displayable, Inputs, pad_cat
 from ._base import BatchContext, Probe
-from ._positions import PositionSpec, check_spec
+from ._positions import PositionSpec, Target, check_spec  # noqa: F401 - docstring example
 
 __all__ = ["HeadSteps", "HeadStepsCapture", "FIELDS", "GROUPS"]
 
@@ -57,7 +59,7 @@ def _spec_str(spec: Any) -> str:
 
 
 @dataclass(frozen=True, repr=False)
-class HeadStepsCapture:
+class HeadStepsCapture(Displayable):
     """Streamed per-head attribution: moments over prompts per group, field, layer and part.
 
     ``moments[group][k]`` for ``k`` in ``("n", "sum", "sumsq")`` has shape ``[field, layer, part]``
@@ -97,7 +99,9 @@ class HeadStepsCapture:
     def _group(self, group: str) -> dict[str, Tensor]:
         if group not in self.moments:
             hint = "" if group not in GROUPS else " (pass baseline=... to HeadSteps for it)"
-            raise InputError(f"no group {group!r} in this capture{hint}; valid: {choices(self.moments)}")
+            raise InputError(
+                f"no group {group!r} in this capture{hint}; valid: {choices(self.moments)}"
+            )
         return self.moments[group]
 
     def count(self, field: str, group: str = "target") -> Float[Tensor, "layer part"]:
@@ -121,17 +125,25 @@ class HeadStepsCapture:
                 f"into settings {self.settings} and parts {self.parts}"
             )
         if self.meta is not None and other.meta is not None and self.meta.mode != other.meta.mode:
-            raise InputError(f"cannot merge a {other.meta.mode!r} capture into a {self.meta.mode!r} one")
-        moments = {g: {k: self.moments[g][k] + other.moments[g][k] for k in _MOMENTS} for g in self.moments}
+            raise InputError(
+                f"cannot merge a {other.meta.mode!r} capture into a {self.meta.mode!r} one"
+            )
+        moments = {
+            g: {k: self.moments[g][k] + other.moments[g][k] for k in _MOMENTS} for g in self.moments
+        }
         tokens = positions = mask = None
         if self.tokens is not None and other.tokens is not None:
             tokens = {k: _cat_tokens(k, [self.tokens[k], other.tokens[k]]) for k in self.tokens}
             positions = pad_cat([self.positions, other.positions], dim=0, pad_dims=(1,), value=-1)
             mask = pad_cat([self.mask, other.mask], dim=0, pad_dims=(1,), value=False)
-        return HeadStepsCapture(moments, self.parts, dict(self.settings), self.meta, tokens, positions, mask)
+        return HeadStepsCapture(
+            moments, self.parts, dict(self.settings), self.meta, tokens, positions, mask
+        )
 
     def state_dict(self) -> dict[str, Any]:
-        """Tensors plus one JSON string: everything :meth:`from_state_dict` needs (safetensors-ready)."""
+        """Tensors plus one JSON string (``"info"``): all :meth:`from_state_dict` needs.
+
+        Save the tensors with safetensors and ``info`` as its metadata."""
         out: dict[str, Any] = {}
         for g, m in self.moments.items():
             for k, v in m.items():
@@ -169,11 +181,30 @@ class HeadStepsCapture:
     def tensors(self) -> dict[str, Tensor]:
         return {k: v for k, v in self.state_dict().items() if isinstance(v, Tensor)}
 
+    def _build_page(self) -> Any:
+        """Default view: layer x part heatmaps of the mean angle share and DLA over prompts."""
+        from ..render import Page, figure_to_html, plot_head_heatmap
+
+        page = Page("HeadSteps")
+        mode = f", {self.meta.mode}" if self.meta is not None else ""
+        page.add_heading(f"HeadSteps ({self.meta.model_name if self.meta else '?'}{mode})")
+        page.add_text(f"positions {self.settings.get('positions')}, baseline "
+                      f"{self.settings.get('baseline')}; means over prompts; rows are blocks")
+        for f, label in (("angle", "angle share (deg)"), ("step_proj", "projection on the step"),
+                         ("dla", "direct logit attribution")):
+            vals = self.mean(f).numpy()
+            if not np.isfinite(vals).any():
+                continue
+            fig = plot_head_heatmap(vals, head_labels=self.parts, colorbar_label=label,
+                                    ylabel="block", title=f"{f}: mean at the selected positions")
+            page.add_html(figure_to_html(fig, alt=f))
+        return page
+
     def __repr__(self) -> str:
         n = int(self.moments["target"]["n"].max()) if "target" in self.moments else 0
         return (
-            f"HeadStepsCapture(layers={self.n_layers}, heads={self.n_heads}, groups={list(self.moments)}, "
-            f"prompts={n}, dla={self.settings.get('dla')!r}"
+            f"HeadStepsCapture(layers={self.n_layers}, heads={self.n_heads}, "
+            f"groups={list(self.moments)}, prompts={n}, dla={self.settings.get('dla')!r}"
             + (f", mode={self.meta.mode!r})" if self.meta is not None else ")")
         )
 
@@ -220,8 +251,10 @@ class HeadSteps(Probe):
     Example::
 
         >>> probe = HeadSteps(positions=Target(" her"), baseline=Target(" her", offset=-1))
-        >>> probe.plan  # doctest: +ELLIPSIS
-        <bound method HeadSteps.plan of HeadSteps(...)>
+        >>> probe.dla, probe.dla_target
+        ('frozen', 'next')
+        >>> hs = tp.run(model, prompts, probe).head_steps          # doctest: +SKIP
+        >>> tp.head_contrast(hs, "angle").top(3)                   # doctest: +SKIP
     """
 
     positions: PositionSpec = "all"
@@ -246,13 +279,15 @@ class HeadSteps(Probe):
         n = adapter.n_layers
         sites: list[tuple[str, int | None]] = []
         for l in range(n):
-            sites += [("resid_pre", l), (f"@blocks.{l}.attn.hook_z", l), ("attn_out", l), ("mlp_out", l)]
+            z = f"@blocks.{l}.attn.hook_z"
+            sites += [("resid_pre", l), (z, l), ("attn_out", l), ("mlp_out", l)]
         sites.append(("resid_post", n - 1))
         if self.dla is not None and adapter.normalization not in ("None", "none"):
             sites.append(("ln_final_scale", None))
         if isinstance(self.dla_target, int) and not 0 <= self.dla_target < adapter.d_vocab:
             raise InputError(
-                f"dla_target token id {self.dla_target} is outside the vocabulary 0..{adapter.d_vocab - 1}"
+                f"dla_target token id {self.dla_target} is outside the vocabulary "
+                f"0..{adapter.d_vocab - 1}"
             )
         return sites
 
@@ -288,7 +323,8 @@ class HeadSteps(Probe):
             ids = ctx.adapter.encode_word(t)
             if len(ids) != 1:
                 raise InputError(
-                    f"dla_target {t!r} is {len(ids)} tokens {ids}; give a one-token word or a token id"
+                    f"dla_target {t!r} is {len(ids)} tokens {ids}; give a one-token word or a "
+                    "token id"
                 )
             t = ids[0]
         return torch.full_like(pos, int(t)), valid.clone()
@@ -307,7 +343,8 @@ class HeadSteps(Probe):
         if g is None:
             centre, w, _ = _final_norm_linear(ctx.adapter)
             W_U = ctx.adapter.W_U.detach()
-            g = W_U[:, scratch["target"].to(W_U.device)].permute(1, 2, 0).to(like.device, torch.float32)
+            g = W_U[:, scratch["target"].to(W_U.device)].permute(1, 2, 0)
+            g = g.to(like.device, torch.float32)
             if w is not None:
                 g = g * w.detach().to(g.device, g.dtype)
             if centre:
@@ -329,7 +366,8 @@ class HeadSteps(Probe):
         if site == "resid_pre":
             st["x"] = x
             if layer == 0 and self.dla is not None:
-                scratch["dla_embed_raw"] = (x.float() * self._directions(scratch, ctx, x)).sum(-1).double()
+                g = self._directions(scratch, ctx, x)
+                scratch["dla_embed_raw"] = (x.float() * g).sum(-1).double()
             return
         if site.startswith("@"):  # hook_z: [batch, slot, head, d_head] -> each head's output
             W_O = _w_o(ctx.adapter, int(layer))  # type: ignore[arg-type]
@@ -342,7 +380,12 @@ class HeadSteps(Probe):
         self._reduce_layer(int(layer), st, x, scratch, ctx)  # type: ignore[arg-type]
 
     def _reduce_layer(
-        self, layer: int, st: dict[str, Tensor], m: Tensor, scratch: dict[Any, Any], ctx: BatchContext
+        self,
+        layer: int,
+        st: dict[str, Tensor],
+        m: Tensor,
+        scratch: dict[Any, Any],
+        ctx: BatchContext,
     ) -> None:
         missing = [k for k in ("x", "heads", "a") if k not in st]
         if missing:
@@ -388,8 +431,9 @@ class HeadSteps(Probe):
         if len(got) != n or "x_final" not in scratch:
             missing = sorted(set(range(n)) - set(got))[:4]
             raise InputError(
-                f"{self.name}: blocks {missing} (or the final state) were not captured in this forward "
-                "pass; tlprobes captures whole forward passes (no stop_at_layer / start_at_layer)"
+                f"{self.name}: blocks {missing} (or the final state) were not captured in this "
+                "forward pass; tlprobes captures whole forward passes (no stop_at_layer / "
+                "start_at_layer)"
             )
         vals = torch.stack([got[l] for l in range(n)], 1)  # [field, layer, batch, slot, part]
         valid = scratch["valid"].to(vals.device)
@@ -408,9 +452,12 @@ class HeadSteps(Probe):
             g = self._directions(scratch, ctx, scratch["x_final"])
             const = self._dla_const(scratch, ctx).to(vals.device)
             x_fin = scratch["x_final"].float()
-            tok["dla_embed"] = torch.where(ok, scratch["dla_embed_raw"].to(vals.device) / scale, nan)
-            tok["logit"] = torch.where(ok, (x_fin * g).sum(-1).double().to(vals.device) / scale + const, nan)
-        vals = torch.where(valid[None, None, :, :, None], vals, torch.tensor(float("nan"), dtype=vals.dtype, device=vals.device))
+            embed = scratch["dla_embed_raw"].to(vals.device) / scale
+            tok["dla_embed"] = torch.where(ok, embed, nan)
+            total = (x_fin * g).sum(-1).double().to(vals.device) / scale + const
+            tok["logit"] = torch.where(ok, total, nan)
+        nan_ = torch.tensor(float("nan"), dtype=vals.dtype, device=vals.device)
+        vals = torch.where(valid[None, None, :, :, None], vals, nan_)
         k1 = scratch["k1"]
         per_target = _prompt_mean(vals[..., :k1, :])  # [field, layer, batch, part]
         groups = {"target": per_target}
@@ -438,7 +485,8 @@ class HeadSteps(Probe):
         return const
 
     def _ablate(self, scratch: dict[Any, Any], ctx: BatchContext, ok: Tensor, n: int) -> Tensor:
-        """``logit_t(x_L) - logit_t(x_L - part)`` through the model's own final norm and unembedding."""
+        """``logit_t(x_L) - logit_t(x_L - part)`` through the adapter's final norm and unembedding
+        column."""
         ad = ctx.adapter
         x_fin = scratch["x_final"].float()  # [batch, slot, d]
         W_U = ad.W_U.detach()
@@ -463,12 +511,19 @@ class HeadSteps(Probe):
         out: dict[str, Any] = {"settings": pieces[0]["settings"]}
         groups = pieces[0]["moments"]
         out["moments"] = {
-            g: {k: sum((p["moments"][g][k] for p in pieces[1:]), pieces[0]["moments"][g][k]) for k in _MOMENTS}
+            g: {
+                k: sum((p["moments"][g][k] for p in pieces[1:]), pieces[0]["moments"][g][k])
+                for k in _MOMENTS
+            }
             for g in groups
         }
         if self.keep_tokens:
-            out["tokens"] = {k: _cat_tokens(k, [p["tokens"][k] for p in pieces]) for k in pieces[0]["tokens"]}
-            out["positions"] = pad_cat([p["positions"] for p in pieces], dim=0, pad_dims=(1,), value=-1)
+            out["tokens"] = {
+                k: _cat_tokens(k, [p["tokens"][k] for p in pieces]) for k in pieces[0]["tokens"]
+            }
+            out["positions"] = pad_cat(
+                [p["positions"] for p in pieces], dim=0, pad_dims=(1,), value=-1
+            )
             out["mask"] = pad_cat([p["mask"] for p in pieces], dim=0, pad_dims=(1,), value=False)
         return out
 
@@ -482,13 +537,16 @@ class HeadSteps(Probe):
 
 
 def _w_o(adapter: Adapter, layer: int) -> Float[Tensor, "head d_head d_model"]:
-    """``W_O`` of one block, ``[head, d_head, d_model]``: one slice per *query* head, so grouped-query
-    attention (fewer key/value heads) needs nothing special (``hook_z`` has one row per query head)."""
+    """``W_O`` of one block, ``[head, d_head, d_model]``: one slice per *query* head, so
+    grouped-query attention (fewer key/value heads) needs nothing special (``hook_z`` has one row
+    per query head)."""
     return adapter.model.blocks[layer].attn.W_O.detach()
 
 
 def _prompt_mean(v: Tensor) -> Tensor:
-    """Mean over the slot axis (-2) of the finite values: ``[..., batch, slot, part] -> [..., batch, part]``."""
+    """Mean over the slot axis (-2) of the finite values.
+
+    ``[..., batch, slot, part] -> [..., batch, part]``; NaN where a prompt has no finite slot."""
     fin = torch.isfinite(v)
     n = fin.sum(-2)
     s = torch.where(fin, v, torch.zeros((), dtype=v.dtype, device=v.device)).sum(-2)

@@ -478,7 +478,8 @@ def plot_head_heatmap(
     writes the values (default: at most 16 heads and 24 layers). NaN cells stay blank.
 
         >>> import numpy as np
-        >>> fig = plot_head_heatmap(np.arange(8.0).reshape(2, 4) - 3, marks=np.eye(2, 4, dtype=bool))
+        >>> vals, marks = np.arange(8.0).reshape(2, 4) - 3, np.eye(2, 4, dtype=bool)
+        >>> fig = plot_head_heatmap(vals, marks=marks)
         >>> fig.axes[0].get_ylabel(), len(fig.axes[0].patches)
         ('layer', 2)
     """
@@ -488,7 +489,9 @@ def plot_head_heatmap(
     if mat.ndim != 2:
         raise InputError(f"values must be [layer, head], got shape {mat.shape}")
     L, H = mat.shape
-    labels = [str(v) for v in head_labels] if head_labels is not None else [f"H{h}" for h in range(H)]
+    if head_labels is None:
+        head_labels = [f"H{h}" for h in range(H)]
+    labels = [str(v) for v in head_labels]
     if len(labels) != H:
         raise InputError(f"got {len(labels)} head labels for {H} heads; pass one per column")
     lim = float(np.nanmax(np.abs(mat))) if np.isfinite(mat).any() else 1.0
@@ -512,9 +515,9 @@ def plot_head_heatmap(
         mk = np.asarray(as_numpy(marks), bool)
         if mk.shape != mat.shape:
             raise InputError(f"marks have shape {mk.shape} but values have shape {mat.shape}")
-        for i, j in zip(*np.nonzero(mk)):
+        for n, (i, j) in enumerate(zip(*np.nonzero(mk))):
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", lw=2,
-                                   label=mark_label if (i, j) == tuple(np.argwhere(mk)[0]) else None))
+                                   label=mark_label if n == 0 else None))
         if mk.any():
             ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(0, -0.12))
     if title:
