@@ -39,7 +39,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .._adapter import Adapter, Meta
-from .._errors import InputError, ResultsError, choices
+from .._errors import InputError, ModelError, ResultsError, choices
 from .._result import Displayable, Inputs, pad_cat
 from ._base import BatchContext, Probe
 from ._positions import PositionSpec, Target, check_spec  # noqa: F401 - docstring example
@@ -396,6 +396,11 @@ class HeadSteps(Probe):
         heads, a = st.pop("heads").float(), st.pop("a").float()
         x, m = st.pop("x").float(), m.float()
         bias = a - heads.sum(2)  # b_O, plus what float rounding leaves: the parts sum to a exactly
+        b_O = _b_o(ctx.adapter, layer)
+        if b_O is not None:  # guard: attn_out must be the heads plus b_O (no post-attention norm)
+            dev = (bias - b_O.to(bias.device, bias.dtype)).abs().amax()
+            dev = dev / a.abs().amax().clamp(min=1e-30)
+            scratch.setdefault("bias_dev", []).append(dev)
         V = torch.cat([heads, bias.unsqueeze(2), m.unsqueeze(2)], 2)  # [batch, slot, part, d]
         step = a + m
         cols = [step, x]
@@ -435,6 +440,7 @@ class HeadSteps(Probe):
                 "forward pass; tlprobes captures whole forward passes (no stop_at_layer / "
                 "start_at_layer)"
             )
+        self._check_split(scratch, ad)
         vals = torch.stack([got[l] for l in range(n)], 1)  # [field, layer, batch, slot, part]
         valid = scratch["valid"].to(vals.device)
         tok: dict[str, Tensor] = {}
@@ -473,6 +479,24 @@ class HeadSteps(Probe):
                 tokens[k] = v.cpu()
             piece.update(tokens=tokens, positions=scratch["pos"], mask=scratch["valid"])
         return piece
+
+    @staticmethod
+    def _check_split(scratch: dict[Any, Any], ad: Adapter) -> None:
+        """Refuse a model whose ``hook_attn_out`` is not ``sum_h z_h W_O[h] + b_O`` (one sync)."""
+        devs = scratch.get("bias_dev")
+        if not devs:
+            return
+        worst = float(torch.stack(devs).max())
+        dtype = getattr(torch, ad.meta.dtype, torch.float32)
+        eps = torch.finfo(dtype).eps if dtype.is_floating_point else 1.2e-7
+        tol = max(1e-3, 64 * eps)
+        if not worst <= tol:
+            raise ModelError(
+                f"HeadSteps cannot split {ad.meta.model_name}'s attention output into heads: "
+                f"hook_attn_out differs from sum_h z_h @ W_O[h] + b_O by {worst:.3g} (relative; "
+                f"tolerance {tol:.1g}). The architecture changes the attention output after W_O "
+                "(e.g. a post-attention norm), so per-head parts would not add up to the step"
+            )
 
     def _dla_const(self, scratch: dict[Any, Any], ctx: BatchContext) -> Tensor:
         """``<b_norm, W_U[:, t]> + b_U[t]``: the part of the target's logit no component writes."""
@@ -541,6 +565,11 @@ def _w_o(adapter: Adapter, layer: int) -> Float[Tensor, "head d_head d_model"]:
     grouped-query attention (fewer key/value heads) needs nothing special (``hook_z`` has one row
     per query head)."""
     return adapter.model.blocks[layer].attn.W_O.detach()
+
+
+def _b_o(adapter: Adapter, layer: int) -> Tensor | None:
+    b = getattr(adapter.model.blocks[layer].attn, "b_O", None)
+    return None if b is None else b.detach()
 
 
 def _prompt_mean(v: Tensor) -> Tensor:
