@@ -218,17 +218,28 @@ def _cat_tokens(key: str, vals: list[Tensor]) -> Tensor:
 def _final_norm_linear(adapter: Adapter) -> tuple[bool, Tensor | None, Tensor | None]:
     """The final norm as a linear map once its scale is frozen: ``(centre, weight, bias)``.
 
-    ``LN(x) = centre(x) / scale * w + b``; with the model's own scale (``ln_final.hook_scale``)
-    the map is linear in the residual, which is what TL's ``logit_attrs`` uses. The weights come
-    from the adapter, the scale from the model's hook.
+    ``norm(x) = centre(x) / scale * w + b``; with the model's own scale (``ln_final.hook_scale``)
+    the map is linear in the residual, which is what TL's ``logit_attrs`` uses. ``w`` and ``b`` are
+    read off the adapter's own final norm (so whatever it honours, e.g. Gemma's ``1 + w``, holds
+    here too): ``b = norm(0)``, and ``w`` from ``norm`` of ``d`` probe vectors whose statistics are
+    known (``c (e_i - e_(i+1))``, mean 0 and mean square ``2c^2/d``; ``c e_i`` for RMS norms), with
+    ``c`` so large that ``eps`` is negligible (relative ``5e-10``).
     """
     kind = adapter.normalization
     if kind in ("None", "none"):
         return False, None, None
-    w, b, _ = adapter._ln_params()
-    if kind in ("LNPre", "RMSPre"):
-        w = b = None
-    return kind in ("LN", "LNPre"), w, b
+    centre = kind in ("LN", "LNPre")
+    d = adapter.d_model
+    W_U = adapter.W_U
+    with torch.no_grad():
+        zero = torch.zeros(1, d, dtype=torch.float32, device=W_U.device)
+        b = adapter.ln_final(zero)[0].float()
+        c = 100.0 * d**0.5
+        eye = torch.eye(d, dtype=torch.float32, device=W_U.device) * c
+        probes = eye - eye.roll(1, dims=1) if centre else eye
+        out = adapter.ln_final(probes).float().diagonal()
+        w = (out - b) * ((2.0 if centre else 1.0) / d) ** 0.5
+    return centre, w, b
 
 
 @dataclass(frozen=True)
@@ -337,11 +348,17 @@ class HeadSteps(Probe):
             scratch[("idx", t.device, t.shape[2:])] = idx
         return t.detach().gather(1, idx)
 
+    @staticmethod
+    def _norm(scratch: dict[Any, Any], ctx: BatchContext) -> tuple[bool, Any, Any]:
+        if "norm" not in scratch:
+            scratch["norm"] = _final_norm_linear(ctx.adapter)
+        return scratch["norm"]
+
     def _directions(self, scratch: dict[Any, Any], ctx: BatchContext, like: Tensor) -> Tensor:
         """``g = centre(w * W_U[:, target])`` per slot: DLA_part = <part, g> / scale."""
         g = scratch.get("g")
         if g is None:
-            centre, w, _ = _final_norm_linear(ctx.adapter)
+            centre, w, _ = self._norm(scratch, ctx)
             W_U = ctx.adapter.W_U.detach()
             g = W_U[:, scratch["target"].to(W_U.device)].permute(1, 2, 0)
             g = g.to(like.device, torch.float32)
@@ -500,7 +517,7 @@ class HeadSteps(Probe):
 
     def _dla_const(self, scratch: dict[Any, Any], ctx: BatchContext) -> Tensor:
         """``<b_norm, W_U[:, t]> + b_U[t]``: the part of the target's logit no component writes."""
-        _, _, b = _final_norm_linear(ctx.adapter)
+        _, _, b = self._norm(scratch, ctx)
         W_U = ctx.adapter.W_U.detach()
         t = scratch["target"].to(W_U.device)
         const = ctx.adapter.b_U.detach()[t].double()
