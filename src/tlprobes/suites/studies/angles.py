@@ -166,24 +166,25 @@ def _render_which_heads(report: Any, out: StudyOutput) -> None:
         "perpendicular to x_l (the shares add up to the block's angle exactly). Computed inside "
         "the hooks by tp.HeadSteps; only scalars are kept. First: the mean share (degrees) at the "
         "target over sentences. Second: the paired difference target - word before; outlined "
-        "cells differ (paired t-test across sentences, FDR-BH over all layer x part cells, "
+        "cells differ (paired t-test across sentences, FDR-BH over all block x part cells, "
         "q < .05). Block l moves x_l to x_l+1, so block 0 is layer 1 of the angle tables above."
     )
     fig = plot_head_heatmap(grid("target_mean"), head_labels=parts, ylabel="block",
                             colorbar_label="angle share (deg)",
                             title=f"Rotation share at {target!r}")
-    report.add_figure(fig, caption="Mean angle share per layer and part at the target.")
+    report.add_figure(fig, caption="Mean angle share per block and part at the target.")
     fig = plot_head_heatmap(grid("diff_mean"), marks=grid("reject") > 0.5, head_labels=parts,
                             ylabel="block",
                             colorbar_label="target - before (deg)",
                             title=f"{target!r} minus the word before it",
                             mark_label="FDR-BH q < .05")
     n_sig = int((df["reject"] > 0.5).sum())
-    report.add_figure(fig, caption=f"{n_sig} of {len(df)} layer x part cells differ (FDR-BH).")
+    report.add_figure(fig, caption=f"{n_sig} of {len(df)} block x part cells differ (FDR-BH).")
     top = df[(df["head"] >= 0) & (df["t"] > 0)].sort_values("t", ascending=False).head(10)
     report.add_table(
         top[["layer", "part", "target_mean", "baseline_mean", "diff_mean", "diff_ci_low",
-             "diff_ci_high", "t", "p_fdr_bh", "d_z"]].reset_index(drop=True),
+             "diff_ci_high", "t", "p_fdr_bh", "d_z"]].rename(columns={"layer": "block"})
+        .reset_index(drop=True),
         caption=f"The heads that turn {target!r} more than the word before it, largest paired t "
         "first.",
     )
