@@ -413,27 +413,33 @@ class HeadSteps(Probe):
         heads, a = st.pop("heads").float(), st.pop("a").float()
         x, m = st.pop("x").float(), m.float()
         bias = a - heads.sum(2)  # b_O, plus what float rounding leaves: the parts sum to a exactly
-        b_O = _b_o(ctx.adapter, layer)
-        if b_O is not None:  # guard: attn_out must be the heads plus b_O (no post-attention norm)
+        b_O = _b_o(ctx.adapter, layer) if layer == 0 else None
+        if b_O is not None:  # guard (block 0): attn_out must be the heads plus b_O
             dev = (bias - b_O.to(bias.device, bias.dtype)).abs().amax()
-            dev = dev / a.abs().amax().clamp(min=1e-30)
-            scratch.setdefault("bias_dev", []).append(dev)
+            scratch["bias_dev"] = [dev / a.abs().amax().clamp(min=1e-30)]
         V = torch.cat([heads, bias.unsqueeze(2), m.unsqueeze(2)], 2)  # [batch, slot, part, d]
-        step = a + m
-        cols = [step, x]
+        cols = [a + m, x]
         if self.dla == "frozen":
             cols.append(self._directions(scratch, ctx, x))
         W = torch.stack(cols, 2)  # [batch, slot, c, d]
-        D = torch.matmul(V, W.transpose(-1, -2)).double()  # [batch, slot, part, c]
-        nn = V.pow(2).sum(-1).double()
-        G = torch.matmul(W[:, :, :2], W[:, :, :2].transpose(-1, -2)).double()  # step, x Gram
+        # only dot products here (3 kernels); end_batch turns all blocks' into scalars at once
+        scratch.setdefault("dots", {})[layer] = (
+            torch.matmul(V, W.transpose(-1, -2)),  # [batch, slot, part, c]
+            V.pow(2).sum(-1),  # [batch, slot, part]
+            torch.matmul(W[:, :, :2], W[:, :, :2].transpose(-1, -2)),  # step, x Gram
+        )
+        if self.dla == "ablate":
+            scratch.setdefault("V", {})[layer] = V
+
+    def _fields(self, dots: dict[int, tuple[Tensor, Tensor, Tensor]], n: int) -> Tensor:
+        """Every block's scalars from its dot products: ``[field, layer, batch, slot, part]``."""
+        D, nn, G = (torch.stack([dots[l][i] for l in range(n)]).double() for i in range(3))
         ss, xx, sx = G[..., 0, 0], G[..., 1, 1], G[..., 0, 1]
         s_len, x_len = ss.sqrt(), xx.sqrt()
-        perp2 = (ss - sx.pow(2) / xx).clamp(min=0)
-        perp = perp2.sqrt()
+        perp = (ss - sx.pow(2) / xx).clamp(min=0).sqrt()
         theta = torch.rad2deg(torch.atan2(perp, x_len + sx / x_len))  # angle(x, x + step)
         p_c = (D[..., 0] - D[..., 1] * (sx / xx)[..., None]) / perp[..., None]
-        vals = torch.stack(
+        return torch.stack(
             [
                 D[..., 0] / s_len[..., None],
                 D[..., 1] / x_len[..., None],
@@ -441,15 +447,12 @@ class HeadSteps(Probe):
                 theta[..., None] * p_c / perp[..., None],
                 D[..., 2] if self.dla == "frozen" else torch.full_like(nn, float("nan")),
             ]
-        )  # [field, batch, slot, part]
-        scratch.setdefault("vals", {})[layer] = vals
-        if self.dla == "ablate":
-            scratch.setdefault("V", {})[layer] = V
+        )
 
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         ad = ctx.adapter
         n = ad.n_layers
-        got = scratch.get("vals", {})
+        got = scratch.get("dots", {})
         if len(got) != n or "x_final" not in scratch:
             missing = sorted(set(range(n)) - set(got))[:4]
             raise InputError(
@@ -458,7 +461,7 @@ class HeadSteps(Probe):
                 "start_at_layer)"
             )
         self._check_split(scratch, ad)
-        vals = torch.stack([got[l] for l in range(n)], 1)  # [field, layer, batch, slot, part]
+        vals = self._fields(got, n)  # [field, layer, batch, slot, part]
         valid = scratch["valid"].to(vals.device)
         tok: dict[str, Tensor] = {}
         if self.dla is not None:
