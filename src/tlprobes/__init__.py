@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # the CLI's --help must not wait for torch: these load on fir
     from .capture import Activation as Activation
     from .capture import Attention as Attention
     from .capture import Components as Components
+    from .capture import HeadSteps as HeadSteps
     from .capture import LogitLens as LogitLens
     from .capture import Probe as Probe
     from .capture import Residual as Residual
@@ -67,6 +68,7 @@ _LAZY = {
     "Activation": ("tlprobes.capture", "Activation"),
     "Attention": ("tlprobes.capture", "Attention"),
     "Components": ("tlprobes.capture", "Components"),
+    "HeadSteps": ("tlprobes.capture", "HeadSteps"),
     "LogitLens": ("tlprobes.capture", "LogitLens"),
     "Probe": ("tlprobes.capture", "Probe"),
     "Residual": ("tlprobes.capture", "Residual"),
@@ -102,6 +104,8 @@ _LAZY = {
     "rsa": ("tlprobes.analysis", "rsa"),
     "rdm": ("tlprobes.analysis", "rdm"),
     "cka": ("tlprobes.analysis", "cka"),
+    "head_ranking": ("tlprobes.analysis", "head_ranking"),
+    "head_contrast": ("tlprobes.analysis", "head_contrast"),
     "AngleAccumulator": ("tlprobes.analysis", "AngleAccumulator"),
     "PathAccumulator": ("tlprobes.analysis", "PathAccumulator"),
     "DriftAccumulator": ("tlprobes.analysis", "DriftAccumulator"),
@@ -142,7 +146,8 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
-    "Activation", "Attention", "Components", "HeadError", "InputError", "Inputs", "LayerError",
+    "Activation", "Attention", "Components", "HeadError", "HeadSteps", "InputError", "Inputs",
+    "LayerError",
     "LogitLens", "Meta", "ModelError", "PositionError", "Probe", "Residual", "ResidualMean",
     "Result", "ResultsError", "SITES", "Session", "SiteError", "Steps", "TLProbesError", "Target",
     "UnknownModelError", "ArgumentError", "SessionError",

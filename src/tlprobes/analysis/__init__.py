@@ -32,6 +32,10 @@ from ._geometry import drift as drift
 from ._geometry import pca as pca
 from ._geometry import state_space_trajectories as state_space_trajectories
 from ._geometry import tsne as tsne
+from ._heads import HeadContrast as HeadContrast
+from ._heads import HeadRanking as HeadRanking
+from ._heads import head_contrast as head_contrast
+from ._heads import head_ranking as head_ranking
 from ._lens import LogitLensResult as LogitLensResult
 from ._lens import Spectrum as Spectrum
 from ._lens import WeightTying as WeightTying
@@ -77,6 +81,7 @@ __all__ = [
     "rotation_decomposition",
     "Anisotropy", "AnisotropyAccumulator", "Drift", "DriftAccumulator", "PCAResult", "StateSpace",
     "TSNEResult", "anisotropy", "cosine_matrix", "drift", "pca", "state_space_trajectories", "tsne",
+    "HeadContrast", "HeadRanking", "head_contrast", "head_ranking",
     "LogitLensResult", "Spectrum", "WeightTying", "effective_rank", "logit_lens",
     "unembedding_spectrum", "weight_tying",
     "PathAccumulator", "PathLength", "PathSummary", "StepDecomposition", "decompose_steps",

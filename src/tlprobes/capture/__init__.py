@@ -9,6 +9,8 @@ from .attention import Attention as Attention
 from .attention import AttentionCapture as AttentionCapture
 from .components import Components as Components
 from .components import ComponentsCapture as ComponentsCapture
+from .heads import HeadSteps as HeadSteps
+from .heads import HeadStepsCapture as HeadStepsCapture
 from .logit_lens import LogitLens as LogitLens
 from .logit_lens import LogitLensCapture as LogitLensCapture
 from .reducers import ResidualMean as ResidualMean
@@ -20,6 +22,6 @@ from .residual import ResidualCapture as ResidualCapture
 
 __all__ = [
     "Activation", "ActivationCapture", "Attention", "AttentionCapture", "BatchContext",
-    "Components", "ComponentsCapture", "LogitLens", "LogitLensCapture", "Probe", "Residual",
+    "Components", "ComponentsCapture", "HeadSteps", "HeadStepsCapture", "LogitLens", "LogitLensCapture", "Probe", "Residual",
     "ResidualCapture", "ResidualMean", "ResidualMeanCapture", "Steps", "StepsCapture", "Target",
 ]

@@ -27,6 +27,7 @@ from ._plots import GROUP_COLORS as GROUP_COLORS
 from ._plots import figure_to_html as figure_to_html
 from ._plots import plot_angle_trajectories as plot_angle_trajectories
 from ._plots import plot_cosine_heatmap as plot_cosine_heatmap
+from ._plots import plot_head_heatmap as plot_head_heatmap
 from ._plots import plot_path_decomposition as plot_path_decomposition
 from ._plots import plot_procrustes as plot_procrustes
 from ._plots import plot_scatter as plot_scatter
@@ -58,6 +59,7 @@ __all__ = [
     "notebook_bundle",
     "plot_angle_trajectories",
     "plot_cosine_heatmap",
+    "plot_head_heatmap",
     "plot_path_decomposition",
     "plot_procrustes",
     "plot_scatter",

@@ -40,6 +40,7 @@ __all__ = [
     "plot_trajectories",
     "plot_procrustes",
     "figure_to_html",
+    "plot_head_heatmap",
 ]
 
 #: Fixed colours for the study groups, so every figure of a report agrees.
@@ -506,3 +507,68 @@ class InlineFigure(Figure):
     def __repr__(self) -> str:
         w, h = self.get_size_inches()
         return f"<Figure {w:g}x{h:g} in, {len(self.axes)} axes>"
+
+
+def plot_head_heatmap(
+    values: Float[Array, "layer head"],
+    *,
+    marks: Bool[Array, "layer head"] | None = None,
+    head_labels: Sequence[object] | None = None,
+    colorbar_label: str = "mean over prompts",
+    title: str | None = None,
+    annotate: bool | None = None,
+    mark_label: str = "significant (adjusted p < .05)",
+    ylabel: str = "layer",
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """A layer x head heatmap (layers down, heads across), diverging colours centred on 0.
+
+    ``marks`` outlines chosen cells (e.g. heads whose contrast is significant); ``annotate``
+    writes the values (default: at most 16 heads and 24 layers). NaN cells stay blank.
+
+        >>> import numpy as np
+        >>> vals, marks = np.arange(8.0).reshape(2, 4) - 3, np.eye(2, 4, dtype=bool)
+        >>> fig = plot_head_heatmap(vals, marks=marks)
+        >>> fig.axes[0].get_ylabel(), len(fig.axes[0].patches)
+        ('layer', 2)
+    """
+    from matplotlib.patches import Rectangle
+
+    mat = np.asarray(as_numpy(values), float)
+    if mat.ndim != 2:
+        raise InputError(f"values must be [layer, head], got shape {mat.shape}")
+    L, H = mat.shape
+    if head_labels is None:
+        head_labels = [f"H{h}" for h in range(H)]
+    labels = [str(v) for v in head_labels]
+    if len(labels) != H:
+        raise InputError(f"got {len(labels)} head labels for {H} heads; pass one per column")
+    lim = float(np.nanmax(np.abs(mat))) if np.isfinite(mat).any() else 1.0
+    lim = lim if lim > 0 else 1.0
+    fig, (ax,) = _figure(figsize or (min(3.2 + 0.5 * H, 14.0), min(2.2 + 0.38 * L, 12.0)))
+    im = ax.imshow(np.ma.masked_invalid(mat), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto",
+                   interpolation="nearest")
+    fig.colorbar(im, ax=ax, label=colorbar_label)
+    ax.set_xticks(np.arange(H), labels, rotation=45 if H > 8 else 0)
+    ax.set_yticks(np.arange(L), [str(l) for l in range(L)])
+    ax.set_xlabel("head")
+    ax.set_ylabel(ylabel)
+    if annotate if annotate is not None else (H <= 16 and L <= 24):
+        for i in range(L):
+            for j in range(H):
+                v = mat[i, j]
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7,
+                            color="white" if abs(v) > 0.6 * lim else "black")
+    if marks is not None:
+        mk = np.asarray(as_numpy(marks), bool)
+        if mk.shape != mat.shape:
+            raise InputError(f"marks have shape {mk.shape} but values have shape {mat.shape}")
+        for n, (i, j) in enumerate(zip(*np.nonzero(mk))):
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", lw=2,
+                                   label=mark_label if n == 0 else None))
+        if mk.any():
+            ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(0, -0.12))
+    if title:
+        ax.set_title(title)
+    return fig

@@ -123,6 +123,7 @@ class Angles:
         })
         out.captures["resid"] = r.resid
         out.captures["mask"] = r.mask
+        _which_heads(ctx, out)
         return out
 
     # ------------------------------------------------------------------------------ render
@@ -146,6 +147,7 @@ class Angles:
         if "rotation_decomposition" in out.tables:
             self._decomposition(report, out)
         self._tokens(report, out)
+        _render_which_heads(report, out)
         return report
 
     def _protocol(self, report: Any, out: StudyOutput) -> None:
@@ -240,3 +242,63 @@ def _as_tensor(x: np.ndarray) -> Any:
 
 
 STUDY = Angles()
+
+
+# ----------------------------------------------------------------------------------------------
+# Which heads turn the target (issue 16): a self-contained section, called once from compute and
+# once from render.
+def _which_heads(ctx: StudyContext, out: StudyOutput) -> None:
+    """Per-head attribution of each block's rotation at the target vs the word before it."""
+    import tlprobes as tp
+    from tlprobes.analysis import head_contrast, head_ranking
+
+    probe = tp.HeadSteps(positions=tp.Target(ctx.target), baseline=tp.Target(ctx.target, offset=-1))
+    hs = tp.run(ctx.model, ctx.prompts, probe, batch_size=ctx.batch_size,
+                padding_side=ctx.padding_side, progress=ctx.progress).head_steps
+    out.tables["heads_contrast_angle"] = head_contrast(hs, "angle", correction="fdr_bh").to_frame()
+    out.tables["heads_ranking_angle"] = head_ranking(hs, "angle").to_frame()
+    out.tables["heads_ranking_dla"] = head_ranking(hs, "dla").to_frame()
+    out.facts["heads_parts"] = list(hs.parts)
+
+
+def _render_which_heads(report: Any, out: StudyOutput) -> None:
+    if "heads_contrast_angle" not in out.tables:  # a run directory from before this section
+        return
+    from ...render import plot_head_heatmap
+
+    df = out.tables["heads_contrast_angle"]
+    target = out.facts.get("target")
+    parts = out.facts.get("heads_parts") or sorted(set(df["part"]), key=list(df["part"]).index)
+
+    def grid(col: str) -> np.ndarray:
+        return df.pivot(index="layer", columns="part", values=col)[parts].to_numpy(dtype=float)
+
+    report.add_heading(f"Which heads turn {target!r}")
+    report.add_text(
+        f"Each block's rotation of {target!r} (the angle between x_l and x_l+1) split over its "
+        "attention heads, the attention output bias and the MLP, in proportion to each part's push "
+        "perpendicular to x_l (the shares add up to the block's angle exactly). Computed inside "
+        "the hooks by tp.HeadSteps; only scalars are kept. First: the mean share (degrees) at the "
+        "target over sentences. Second: the paired difference target - word before; outlined "
+        "cells differ (paired t-test across sentences, FDR-BH over all block x part cells, "
+        "q < .05). Block l moves x_l to x_l+1, so block 0 is layer 1 of the angle tables above."
+    )
+    fig = plot_head_heatmap(grid("target_mean"), head_labels=parts, ylabel="block",
+                            colorbar_label="angle share (deg)",
+                            title=f"Rotation share at {target!r}")
+    report.add_figure(fig, caption="Mean angle share per block and part at the target.")
+    fig = plot_head_heatmap(grid("diff_mean"), marks=grid("reject") > 0.5, head_labels=parts,
+                            ylabel="block",
+                            colorbar_label="target - before (deg)",
+                            title=f"{target!r} minus the word before it",
+                            mark_label="FDR-BH q < .05")
+    n_sig = int((df["reject"] > 0.5).sum())
+    report.add_figure(fig, caption=f"{n_sig} of {len(df)} block x part cells differ (FDR-BH).")
+    top = df[(df["head"] >= 0) & (df["t"] > 0)].sort_values("t", ascending=False).head(10)
+    report.add_table(
+        top[["layer", "part", "target_mean", "baseline_mean", "diff_mean", "diff_ci_low",
+             "diff_ci_high", "t", "p_fdr_bh", "d_z"]].rename(columns={"layer": "block"})
+        .reset_index(drop=True),
+        caption=f"The heads that turn {target!r} more than the word before it, largest paired t "
+        "first.",
+    )
