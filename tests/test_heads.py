@@ -445,9 +445,12 @@ def test_rotation_angles_suite_has_the_which_heads_section(tmp_path, tiny):
     from tlprobes.suites import load_results, run_suite
     from tlprobes.suites._run import render_run
 
+    import shutil
+
     probes = Path(__file__).resolve().parents[1] / "probes"
+    shutil.copytree(probes / "prompts", tmp_path / "prompts")  # prompt files stay beside the suite
     text = (probes / "rotation_angles.toml").read_text()
-    text = text.replace('file = "prompts/', f'limit = 12\nfile = "{probes}/prompts/')
+    text = text.replace('file = "prompts/', 'limit = 12\nfile = "prompts/')
     (tmp_path / "s.toml").write_text(text)
     out = tmp_path / "run"
     report = run_suite(tmp_path / "s.toml", out=out, model=tiny, quiet=True)
