@@ -456,6 +456,14 @@ def _rope_params(hf_config: Any) -> dict[str, Any]:
     return out
 
 
+_ALL_SETTINGS = (
+    "eps", "n_key_value_heads", "d_head", "rotary_base", "rotary_base_local", "rotary_dim",
+    "use_NTK_by_parts_rope", "NTK_by_parts_factor", "NTK_by_parts_low_freq_factor",
+    "NTK_by_parts_high_freq_factor", "NTK_original_ctx_len", "attn_scores_soft_cap",
+    "output_logits_soft_cap",
+)
+
+
 def _hf_settings(hf_config: Any, tl_cfg: Any) -> dict[str, tuple[str, Any]]:
     """The HookedTransformerConfig fields that the HF config determines: {tl_key: (hf_name, value)}.
 
@@ -465,9 +473,13 @@ def _hf_settings(hf_config: Any, tl_cfg: Any) -> dict[str, tuple[str, Any]]:
     get = getattr
     out: dict[str, tuple[str, Any]] = {}
     if isinstance(tl_cfg, dict):  # a HookedTransformerConfig about to be built
-        from transformer_lens import HookedTransformerConfig
+        fields = set(_ALL_SETTINGS)
+        try:
+            from transformer_lens import HookedTransformerConfig
 
-        fields = set(HookedTransformerConfig.__dataclass_fields__)
+            fields &= set(HookedTransformerConfig.__dataclass_fields__)
+        except ImportError:  # TL 4: no HookedTransformerConfig (only reading the settings)
+            pass
         pos_type = tl_cfg.get("positional_embedding_type")
     else:
         fields = set(vars(tl_cfg))
