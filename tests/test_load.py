@@ -201,12 +201,19 @@ def _fake_convert(calls):
     return convert
 
 
+def _pretend_gguf_is_installed(monkeypatch):
+    real = _load.importlib.util.find_spec
+    monkeypatch.setattr(
+        _load.importlib.util, "find_spec", lambda name, *a: object() if name == "gguf" else real(name, *a)
+    )
+
+
 def test_gguf_converts_once_and_caches(tmp_path, monkeypatch, llama_dirs):
     src = tmp_path / "my model.gguf"
     src.write_bytes(b"GGUF" + bytes(1000))
     calls: list = []
     monkeypatch.setattr(_load, "_convert_gguf", _fake_convert(calls))
-    monkeypatch.setattr(_load.importlib.util, "find_spec", lambda name, *a: object())
+    _pretend_gguf_is_installed(monkeypatch)
     monkeypatch.setenv("TLPROBES_CACHE", str(tmp_path / "cache"))
     first = _load.gguf_dir(src)
     assert first.parent == tmp_path / "cache" / "gguf" and first.name.startswith("my_model-")
@@ -214,8 +221,12 @@ def test_gguf_converts_once_and_caches(tmp_path, monkeypatch, llama_dirs):
     assert _load.gguf_dir(src) == first and len(calls) == 1  # cached: no second conversion
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temp folder left behind
     # load_model takes the .gguf path and loads the cached folder like any local directory
-    model = tp.load_model(str(src))
+    model = tp.load_model(str(src), check=True)
     assert model.cfg.model_name == "my model" and len(calls) == 1
+    # a folder without the marker (not a finished conversion) is converted again, not trusted
+    (first / "tlprobes_gguf.json").unlink()
+    assert _load.gguf_dir(src) == first and len(calls) == 2
+    assert (first / "tlprobes_gguf.json").exists()
     # a different file (other bytes, same name) gets its own folder
     src.write_bytes(b"GGUF" + bytes(1001))
     assert _load.gguf_dir(src) != first
@@ -230,7 +241,7 @@ def test_gguf_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
         raise _load.ModelError("cannot read it")
 
     monkeypatch.setattr(_load, "_convert_gguf", boom)
-    monkeypatch.setattr(_load.importlib.util, "find_spec", lambda name, *a: object())
+    _pretend_gguf_is_installed(monkeypatch)
     with pytest.raises(tp.ModelError, match="cannot read it"):
         _load.gguf_dir(src, cache_dir=tmp_path / "c")
     assert list((tmp_path / "c").iterdir()) == []
@@ -241,9 +252,9 @@ def test_gguf_bad_inputs(tmp_path, monkeypatch):
         tp.load_model(tmp_path / "missing.gguf")
     src = tmp_path / "x.gguf"
     src.write_bytes(b"GGUF")
-    real_find_spec = _load.importlib.util.find_spec
+    real = _load.importlib.util.find_spec
     monkeypatch.setattr(
-        _load.importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real_find_spec(name)
+        _load.importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a)
     )
     with pytest.raises(tp.ModelError, match=r"needs the 'gguf' package.*pip install gguf"):
         _load.gguf_dir(src, cache_dir=tmp_path / "c")

@@ -261,8 +261,10 @@ def gguf_dir(gguf_file: str | Path, *, cache_dir: str | Path | None = None) -> P
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=root))
     try:
         seconds = _convert_gguf(src, tmp)
-        if dest.exists():  # another process finished first; keep its folder
+        if (dest / _GGUF_MARKER).exists():  # another process finished first; keep its folder
             return dest
+        if dest.exists():  # not a finished conversion of ours (no marker): replace it
+            shutil.rmtree(dest)
         os.replace(tmp, dest)
     finally:
         if tmp.exists():
