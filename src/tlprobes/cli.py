@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run a suite and write a run directory with report.html")
     run.add_argument("suite", help="suite name (see `tlprobes list`) or path to a .toml file")
-    run.add_argument("--model", help="model name or local HF directory (default: the suite's)")
+    run.add_argument("--model", help="model name, local HF directory or .gguf file (default: the suite's)")
     run.add_argument("--second-model", help="second model for two-model studies (procrustes)")
     run.add_argument("--out", help="output directory (default: runs/<suite name>)")
     run.add_argument("--overwrite", action="store_true",

