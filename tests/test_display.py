@@ -64,6 +64,7 @@ def shipped():
     model = tp.load_model()
     res = tp.run(model, ["Mary saw her brother at the market.", "John gave her a small red book.",
                          "The dog ran."], tp.Residual(), tp.Components(), tp.Steps(),
+                 tp.Residual(mid=True, name="residual_mid"),
                  tp.Attention(), tp.LogitLens(top_k=3))
     return model, res
 
@@ -91,6 +92,13 @@ def _every_result(model, res):
     angles = tp.AngleAccumulator()
     angles.update(res.steps)
     out.append(angles.compute())
+    a, b = rng.normal(size=(3, 8)), rng.normal(size=(3, 8))
+    out += [tp.sign_flip_test(a, b), tp.bootstrap_ci(a, b, n_resamples=199),
+            tp.rotation_decomposition(res.residual_mid, " her")]
+    hs = tp.run(model, ["Mary saw her brother at the market.", "John gave her a small red book."],
+                tp.HeadSteps(positions=tp.Target(" her"), baseline=tp.Target(" her", offset=-1)),
+                progress=False).head_steps
+    out += [tp.head_ranking(hs, "norm"), tp.head_contrast(hs, "angle")]
     return out
 
 

@@ -590,7 +590,7 @@ class AngleAccumulator(LayerMoments):
         self.add(th, ok[None], group)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class RotationDecomposition(FrameMixin):
     """What attention and the MLP contribute to each token's rotation x_(l-1) -> x_l.
 

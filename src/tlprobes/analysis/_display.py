@@ -268,6 +268,14 @@ def plot_result(obj: Any, **kwargs: Any) -> Any:
             colorbar_label="dissimilarity", title=f"{title}: r = {fmt_number(obj.r)}",
             vmin=float(np.nanmin(obj.rdm_x)), vmax=float(np.nanmax(obj.rdm_x)), **kwargs,
         )
+    if name in ("HeadRanking", "HeadContrast"):
+        contrast = name == "HeadContrast"
+        return P.plot_head_heatmap(
+            obj.diff["mean"] if contrast else obj.mean, marks=obj.reject if contrast else None,
+            head_labels=list(obj.parts), title=title,
+            colorbar_label=f"{obj.statistic}: target - baseline" if contrast
+            else f"mean {obj.statistic}", **kwargs,
+        )
     if name == "StepDecomposition":
         return P.plot_path_decomposition(
             np.nanmean(obj.attn_proj, axis=tuple(range(1, obj.attn_proj.ndim))),

@@ -24,6 +24,7 @@ from scipy import stats
 
 from .._errors import InputError, choices
 from ._stats import CORRECTIONS, adjust_pvalues, summary_from_moments
+from ._tables import FrameMixin
 
 __all__ = ["HeadRanking", "HeadContrast", "head_ranking", "head_contrast"]
 
@@ -59,8 +60,8 @@ def _frame(capture: Any, cols: dict[str, np.ndarray]) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-@dataclass(frozen=True, eq=False)
-class HeadRanking:
+@dataclass(frozen=True, eq=False, repr=False)
+class HeadRanking(FrameMixin):
     """Per layer, the heads ordered by their mean ``statistic`` over prompts (with 95% CIs).
 
     ``mean``/``ci_low``/``ci_high``/``n`` are ``[layer, part]`` (parts: heads, ``attn_bias``,
@@ -110,9 +111,6 @@ class HeadRanking:
 
         return _C
 
-    def _repr_html_(self) -> str:
-        return self.to_frame().to_html(max_rows=60)
-
 
 def head_ranking(
     capture: Any, statistic: str = "step_proj", *, group: str = "target", absolute: bool = False
@@ -142,8 +140,8 @@ def head_ranking(
     )
 
 
-@dataclass(frozen=True, eq=False)
-class HeadContrast:
+@dataclass(frozen=True, eq=False, repr=False)
+class HeadContrast(FrameMixin):
     """Paired target - baseline contrast per layer and part: mean difference, its 95% CI, t, p, d_z,
     and p corrected across all ``[layer, part]`` cells (``[layer, part]`` arrays)."""
 
@@ -187,9 +185,6 @@ class HeadContrast:
         df = _frame(_C, cols)
         df.insert(0, "statistic", self.statistic)
         return df
-
-    def _repr_html_(self) -> str:
-        return self.to_frame().to_html(max_rows=60)
 
 
 def head_contrast(

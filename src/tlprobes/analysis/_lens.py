@@ -376,7 +376,9 @@ def unembedding_spectrum(
     # a d_model x d_model eigvalsh instead of an SVD of the whole [d_model, vocab] matrix (90 s for
     # SmolLM2's 576 x 49152 in float64; a second this way)
     G = A @ A.T if A.shape[0] <= A.shape[1] else A.T @ A
-    lam = np.clip(np.linalg.eigvalsh(G)[::-1], 0.0, None)
+    lam = np.linalg.eigvalsh(G)[::-1]
+    # eigenvalues below the Gram matrix's rounding (n * eps * lam_max) are zero singular values
+    lam = np.where(lam > max(G.shape) * np.finfo(float).eps * lam[0], lam, 0.0)
     s = np.sqrt(lam)
     frac = lam / lam.sum()
     k95 = int(np.searchsorted(np.cumsum(frac), 0.95) + 1)

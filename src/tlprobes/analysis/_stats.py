@@ -333,7 +333,7 @@ def correlation(
                        float(sr.pvalue), excluded)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class SignFlipTest(FrameMixin):
     """Per-layer paired permutation test: under H0 each item's difference a - b is as likely
     to have the opposite sign, so the mean difference is compared with its sign-flip distribution.
@@ -410,7 +410,7 @@ def sign_flip_test(
                         int(n_resamples), int(seed), bonferroni)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class BootstrapCI(FrameMixin):
     """Per-layer bootstrap confidence interval of the mean of ``a - b`` (or of ``a``) over items,
     resampling items (sentences) with replacement; ``method`` is scipy's ("BCa" by default)."""
