@@ -8,7 +8,7 @@ block by block, so no vocabulary x vocabulary matrix is ever held.
     >>> retrieval_ranks(Q, T, gold=np.array([1, 2, 0])).tolist()
     [0, 0, 0]
     >>> depth_pairing(4, 2)
-    [(0, 0), (1, 0), (2, 1), (3, 2), (4, 2)]
+    [(0, 0), (1, 1), (2, 1), (3, 2), (4, 2)]
 """
 
 from __future__ import annotations
@@ -158,7 +158,9 @@ def _word_pieces(tok: Any, words: list[str], prefix: str) -> list[tuple[tuple[in
     out = []
     for w, t, ids, offs in zip(words, texts, enc["input_ids"], enc["offset_mapping"]):
         end = start + len(w)
-        mine = [(i, s, e) for i, (s, e) in zip(ids, offs) if e > start and s < end]
+        # the word's tokens: those overlapping it or the space before it (a lone "Ġ"/"▁" piece
+        # belongs to the word it precedes, so "Ġ" + "ent" is two pieces, never the single "ent")
+        mine = [(i, s, e) for i, (s, e) in zip(ids, offs) if e > start - 1 and s < end and e > s]
         pieces = tuple(i for i, _, _ in mine)
         why = None
         if not pieces:
@@ -440,10 +442,11 @@ def word_states(
     resid = res.residual.resid  # [state, batch, pos, d]
     keys, cols = [], []
     for b, (si, offs) in enumerate(zip(sent_ids, spans)):
-        for wi, m in enumerate(_WORD.finditer(sentences[si])):
+        text = sentences[si]
+        for wi, m in enumerate(_WORD.finditer(text)):
             s, e = m.span()
-            pos = [p for p, (a, z) in enumerate(offs) if z > a and z > s and a < e]
-            text = sentences[si]
+            lead = len(text[:s]) - len(text[:s].rstrip())  # whitespace before the word is its own
+            pos = [p for p, (a, z) in enumerate(offs) if z > a and z > s - lead and a < e]
             if any((text[offs[p][0]:s] + text[e:offs[p][1]]).strip() for p in pos):
                 skip("words sharing a token with the next or previous word")
                 continue

@@ -251,7 +251,7 @@ class ProcrustesStudy:
                 f"by character offsets) are read by both; each word's state is its {lay['pooling']} token's "
                 f"residual state. A has {lay['states_a']} states, B {lay['states_b']} (state 0 = embeddings); "
                 "each state i of A is paired with state j = round(i x L_B / L_A) of B (same relative depth): "
-                + ", ".join(f"{i}->{j}" for i, j in lay["pairing"]) + "."
+                + ", ".join(f"{i}→{j}" for i, j in lay["pairing"]) + "."
                 + (f" Left out in A: {lay['skipped_a']}." if lay["skipped_a"] else "")
                 + (f" Left out in B: {lay['skipped_b']}." if lay["skipped_b"] else ""))
 
