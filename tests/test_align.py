@@ -307,6 +307,19 @@ def test_study_runs_across_tokenizers_depths_and_widths(tmp_path, default, llama
     assert "Skipped parts" not in html
 
 
+def test_study_default_vs_random_gpt2_with_the_real_bpe(tmp_path, default, gpt2_bpe_dir, gpt2_tokenizer):
+    gpt2 = tp.load_model(str(gpt2_bpe_dir), kind="bridge" if TL_MAJOR >= 3 else None)
+    out = tmp_path / "run"
+    run_suite(_suite(tmp_path, 8), out=out, model=default, second_model=gpt2, quiet=True)
+    f = load_results(out).facts
+    assert f["done"] == ["alignment", "embeddings", "layers"]
+    want = _single_words(default.tokenizer.get_vocab(), "Ġ") & _single_words(gpt2_tokenizer.get_vocab(), "Ġ")
+    assert f["alignment"]["n_shared"] >= len(want) and f["alignment"]["n_pooled"] == 0
+    assert f["layers"]["pairing"] == [list(p) for p in depth_pairing(4, 3)]
+    assert f["alignment"]["tokenizer_b"]["vocabulary"] == 50257
+    assert f["alignment"]["tokenizer_b"]["a word inside text"] == "'Ġthe'"
+
+
 def test_a_part_that_fails_is_reported_and_the_rest_is_written(tmp_path, default, llama, monkeypatch, capsys):
     import tlprobes.analysis._align as align
 
@@ -374,7 +387,15 @@ def smollm2_dir(tmp_path_factory):
     name = "SmolLM2-135M-Instruct.Q4_1.gguf"
     d = tmp_path_factory.mktemp("smollm2")
     AutoTokenizer.from_pretrained(str(folder), gguf_file=name).save_pretrained(d)
-    AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=torch.float32).save_pretrained(d)
+    gguf = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=torch.float32)
+    # the dequantised model is flagged "quantized with gguf" and refuses save_pretrained: copy its
+    # float weights into a plain model of the same config
+    cfg = gguf.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    plain.load_state_dict(gguf.state_dict())
+    plain.save_pretrained(d)
     return d
 
 
