@@ -403,7 +403,8 @@ def smollm2_dir(tmp_path_factory):
 def test_smollm2_against_the_shipped_model(tmp_path, smollm2_dir, default):
     smol = tp.load_model(str(smollm2_dir))
     out = tmp_path / "run"
-    report = run_suite(_suite(tmp_path, 12, pooling="last"), out=out, model=default, second_model=smol,
+    report = run_suite(_suite(tmp_path, 12, pooling="last", max_words=3000), out=out, model=default,
+                       second_model=smol,
                        quiet=True)
     res = load_results(out)
     f = res.facts
