@@ -101,6 +101,8 @@ _LAZY = {
     "precision_at_k": ("tlprobes.analysis", "precision_at_k"),
     "map_embeddings": ("tlprobes.analysis", "map_embeddings"),
     "shared_vocabulary": ("tlprobes.analysis", "shared_vocabulary"),
+    "align_words": ("tlprobes.analysis", "align_words"),
+    "word_states": ("tlprobes.analysis", "word_states"),
     "rsa": ("tlprobes.analysis", "rsa"),
     "rdm": ("tlprobes.analysis", "rdm"),
     "cka": ("tlprobes.analysis", "cka"),

@@ -51,6 +51,14 @@ from ._paths import decompose_steps as decompose_steps
 from ._paths import next_token_values as next_token_values
 from ._paths import path_length as path_length
 from ._paths import path_logit_correlation as path_logit_correlation
+from ._align import WordAlignment as WordAlignment
+from ._align import WordStates as WordStates
+from ._align import align_words as align_words
+from ._align import depth_pairing as depth_pairing
+from ._align import nearest_neighbors as nearest_neighbors
+from ._align import retrieval_precision as retrieval_precision
+from ._align import retrieval_ranks as retrieval_ranks
+from ._align import word_states as word_states
 from ._procrustes import EmbeddingMap as EmbeddingMap
 from ._procrustes import Procrustes as Procrustes
 from ._procrustes import map_embeddings as map_embeddings
@@ -87,6 +95,8 @@ __all__ = [
     "PathAccumulator", "PathLength", "PathSummary", "StepDecomposition", "decompose_steps",
     "next_token_values", "path_length", "path_logit_correlation",
     "EmbeddingMap", "Procrustes", "map_embeddings", "precision_at_k", "shared_vocabulary",
+    "WordAlignment", "WordStates", "align_words", "depth_pairing", "nearest_neighbors",
+    "retrieval_precision", "retrieval_ranks", "word_states",
     "RSAResult", "cka", "rdm", "rsa",
     "Correlation", "IndependentTest", "LayerSummary", "PairedTest", "adjust_pvalues", "correlation",
     "independent_test", "layer_summary", "paired_test", "StreamedSummary",

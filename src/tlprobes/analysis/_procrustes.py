@@ -178,24 +178,17 @@ def precision_at_k(
     """
     if method not in RETRIEVAL:
         raise InputError(f"unknown method {method!r}; choose one of {choices(RETRIEVAL)}")
-    Q, T = _normalize_rows(as_array(mapped)), _normalize_rows(as_array(targets))
-    g = np.arange(Q.shape[0]) if gold is None else as_array(gold, dtype=None).astype(int)
-    if g.shape != (Q.shape[0],) or g.max(initial=0) >= T.shape[0]:
-        raise InputError(f"gold must hold one target index < {T.shape[0]} per query "
-                         f"({Q.shape[0]}), got shape {g.shape}")
-    S = Q @ T.T
-    if method == "csls":
-        kk = int(min(csls_k, T.shape[0], Q.shape[0]))
-        r_t = np.sort(S, axis=1)[:, -kk:].mean(1)  # each query vs its kk nearest targets
-        r_s = np.sort(S, axis=0)[-kk:, :].mean(0)  # each target vs its kk nearest queries
-        S = 2 * S - r_t[:, None] - r_s[None, :]
-    elif method == "isf":
-        from scipy.special import logsumexp
+    from ._align import retrieval_ranks
 
-        S = isf_beta * S - logsumexp(isf_beta * S, axis=0, keepdims=True)
-    gold_score = S[np.arange(S.shape[0]), g]
-    rank = (S > gold_score[:, None]).sum(1)
-    return float((rank < k).mean())
+    Q = as_array(mapped)
+    g = np.arange(Q.shape[0]) if gold is None else as_array(gold, dtype=None).astype(int)
+    n_t = as_array(targets).shape[0]
+    if g.shape != (Q.shape[0],) or g.max(initial=0) >= n_t:
+        raise InputError(f"gold must hold one target index < {n_t} per query "
+                         f"({Q.shape[0]}), got shape {g.shape}")
+    # blockwise: never the full query x target matrix (issue 17)
+    ranks = retrieval_ranks(Q, targets, g, method=method, csls_k=csls_k, isf_beta=isf_beta)
+    return float((ranks < k).mean())
 
 
 def shared_vocabulary(
@@ -232,15 +225,23 @@ class EmbeddingMap(FrameMixin):
         return long_frame(cols, layers=[-1])
 
 
-def _evaluate(P: np.ndarray, Y: np.ndarray, k: int, csls_k: int, isf_beta: float) -> dict[str, float]:
+def _evaluate(P: np.ndarray, Y: np.ndarray, k: int, csls_k: int, isf_beta: float,
+              targets: np.ndarray | None = None, gold: np.ndarray | None = None,
+              sources: np.ndarray | None = None) -> dict[str, float]:
+    """Scores of mapped queries ``P`` against their paired rows ``Y``. Retrieval searches
+    ``targets`` (default: ``Y`` itself) for row ``gold``; CSLS/ISF hubness is measured against
+    ``sources`` (default: ``P``). All blockwise."""
+    from ._align import retrieval_ranks
+
     num = (P * Y).sum(1)
     den = np.linalg.norm(P, axis=1) * np.linalg.norm(Y, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         mc = float(np.nanmean(num / den))
-    return {"p_at_k_nn": precision_at_k(P, Y, k=k),
-            "p_at_k_csls": precision_at_k(P, Y, k=k, method="csls", csls_k=csls_k),
-            "p_at_k_isf": precision_at_k(P, Y, k=k, method="isf", isf_beta=isf_beta),
-            "mean_cosine": mc, "residual": float(((P - Y) ** 2).mean())}
+    T = Y if targets is None else targets
+    opts = {"sources": sources, "csls_k": csls_k, "isf_beta": isf_beta}
+    p_at = {f"p_at_k_{m}": float((retrieval_ranks(P, T, gold, method=m, **opts) < k).mean())
+            for m in RETRIEVAL}
+    return {**p_at, "mean_cosine": mc, "residual": float(((P - Y) ** 2).mean())}
 
 
 def map_embeddings(
@@ -256,11 +257,18 @@ def map_embeddings(
     k: int = 1,
     csls_k: int = 10,
     isf_beta: float = 30.0,
+    search: str = "test",
+    max_queries: int | None = None,
     seed: int = 0,
 ) -> EmbeddingMap:
     """Fit and evaluate a Procrustes map between two embedding matrices over their shared
     vocabulary (give both ``{token: id}`` dicts), or between already paired rows (e.g. layer l
     vs layer l+1 vectors of the same tokens). Rows are split train/test with ``seed``.
+
+    ``search``: the candidates a held-out row is retrieved among: ``"test"`` (the held-out rows
+    of Y) or ``"all"`` (every paired row of Y, train and test; CSLS/ISF hubness then measured
+    against every mapped row of X). Retrieval is blockwise (never a rows x rows matrix).
+    ``max_queries`` scores at most that many (seeded) rows of each split, to bound the time.
 
     >>> import numpy as np
     >>> E = np.random.default_rng(0).normal(size=(60, 8))
@@ -286,16 +294,34 @@ def map_embeddings(
     n_test = max(1, int(round(test_fraction * A.shape[0])))
     test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
     proc = Procrustes(kind, center=center, normalize=normalize).fit(A[train], B[train])
+    if search not in ("test", "all"):
+        raise InputError(f"unknown search {search!r}; choose one of {choices(['test', 'all'])}")
     Bt = proc._prep_x(B)
-    ev = {"k": k, "csls_k": csls_k, "isf_beta": isf_beta}
-    scores = {"test": _evaluate(proc.transform(A[test]), Bt[test], **ev),
-              "train": _evaluate(proc.transform(A[train]), Bt[train], **ev)}
+    ev: dict[str, Any] = {"k": k, "csls_k": csls_k, "isf_beta": isf_beta}
+
+    if max_queries is not None and max_queries < 1:
+        raise InputError(f"max_queries must be >= 1 or None, got {max_queries}")
+    q_rng = np.random.default_rng(seed + 1)
+
+    def capped(rows: np.ndarray) -> np.ndarray:
+        if max_queries is None or rows.size <= max_queries:
+            return rows
+        return np.sort(q_rng.choice(rows, size=max_queries, replace=False))
+
+    te, tr = capped(test), capped(train)
+
+    def score(mapper: Any, rows: np.ndarray) -> dict[str, float]:
+        if search == "test":
+            return _evaluate(mapper(A[rows]), Bt[rows], **ev)
+        return _evaluate(mapper(A[rows]), Bt[rows], **ev, targets=Bt, gold=rows, sources=mapper(A))
+
+    scores = {"test": score(proc.transform, te), "train": score(proc.transform, tr)}
     if A.shape[1] == B.shape[1]:
-        scores["identity"] = _evaluate(proc._prep_x(A[test]), Bt[test], **ev)
+        scores["identity"] = score(proc._prep_x, te)
     shuf = Procrustes(kind, center=center, normalize=normalize)
     shuf.fit(A[train], B[train][rng.permutation(train.size)])
-    scores["shuffled"] = _evaluate(shuf.transform(A[test]), Bt[test], **ev)
-    settings = {"kind": kind, "center": center, "normalize": normalize,
+    scores["shuffled"] = score(shuf.transform, te)
+    settings = {"kind": kind, "center": center, "normalize": normalize, "search": search, "max_queries": max_queries,
                 "test_fraction": test_fraction, "k": k, "csls_k": csls_k, "isf_beta": isf_beta, "seed": seed,
                 "n_pairs": int(A.shape[0]), "source": "shared vocabulary" if tokens else "rows"}
     return EmbeddingMap(proc, tokens, train, test, scores, settings)
