@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ._adapter import Adapter, adapter_for
+from ._attn_impl import PATTERN_SITES, Switch, use_fastest
 from ._errors import InputError, TLProbesError
 from ._result import Inputs, Result
 from .capture._base import BatchContext, Probe
@@ -60,6 +61,7 @@ class Session:
         self._unfinished: BatchContext | None = None  # the last batch, before finish_batch
         self.next_prompts: list[str] | None = None  # set by the runner for clearer errors
         self.attached = False
+        self._attn = Switch([])  # the attention kernel of the attached passes (_attn_impl)
 
     # ---------------------------------------------------------------- registration
     def __enter__(self) -> Session:
@@ -88,6 +90,7 @@ class Session:
                 else:  # a plain module hook (logits on TL 2.18)
                     self._handles.append((None, point.add(fn)))
             self._handles.append((None, self.model.register_forward_hook(self._post_forward)))
+            self._attn = use_fastest(self.model, needs_pattern=any(s in PATTERN_SITES for s, _ in self._routes))
         except BaseException:
             self.detach()
             raise
@@ -97,6 +100,7 @@ class Session:
     def detach(self) -> None:
         """Remove exactly the hooks this session added; safe to call twice."""
         handles, self._handles = self._handles, []
+        self._attn.restore()
         errors: list[BaseException] = []
         for point, handle in reversed(handles):
             try:
@@ -243,6 +247,7 @@ class Session:
             "probes": [repr(p) for p in self.probes],
             "capture_device": str(self.device),
             "capture_dtype": str(self.dtype or self.adapter.meta.dtype),
+            "attention": self._attn.name,
         }
         return Result(captures, inputs, self.adapter.meta, settings)
 
