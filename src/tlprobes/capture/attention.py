@@ -186,6 +186,7 @@ class Attention(Probe):
             "row": {l: i for i, l in enumerate(layers)},
             "all_heads": heads == tuple(range(ctx.adapter.n_heads)),
             "refs": {},  # row -> the model's own pattern tensor (kept, not copied)
+            "head_index": torch.tensor(heads, dtype=torch.long),
         }
         if not self._all_rows():
             pos, valid = ctx.positions(self.positions)
@@ -212,12 +213,12 @@ class Attention(Probe):
                 scratch["index"] = idx
             sel = t.detach().gather(2, idx)
             if not scratch["all_heads"]:
-                sel = sel[:, list(scratch["heads"])]
+                sel = sel.index_select(1, _on(scratch, "head_index", t.device))
             if scratch["empty"] is not None:
-                sel = sel.masked_fill(scratch["empty"].to(t.device)[:, None, :, None], 0.0)
+                sel = sel.masked_fill(_on(scratch, "empty", t.device)[:, None, :, None], 0.0)
             ctx.put(scratch, "pattern", row, n, sel)
         elif not scratch["all_heads"]:
-            ctx.put(scratch, "pattern", row, n, t.detach()[:, list(scratch["heads"])])
+            ctx.put(scratch, "pattern", row, n, t.detach().index_select(1, _on(scratch, "head_index", t.device)))
         elif self._owns(t, ctx):
             scratch["refs"][row] = t
         else:
@@ -270,6 +271,14 @@ class Attention(Probe):
         if piece.get("stacked") is not None:
             cap._adopt(piece["stacked"])
         return cap
+
+
+def _on(scratch: dict[Any, Any], key: str, device: torch.device) -> Tensor:
+    """``scratch[key]`` on ``device``, moved once per batch (not once per hook)."""
+    cached = scratch.get((key, device))
+    if cached is None:
+        cached = scratch[(key, device)] = scratch[key].to(device)
+    return cached
 
 
 def _release(adapter: Adapter, layers: tuple[int, ...], refs: dict[int, Tensor]) -> None:
