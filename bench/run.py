@@ -122,8 +122,19 @@ def worker(args: argparse.Namespace) -> None:
     kept = call()  # warm-up (lazy initialisation, first-call allocations)
     del kept
     measure = measure_cuda if cuda else measure_cpu
-    runs = [measure(call, floor) for _ in range(args.mem_repeats)]
+    call_times: list[float] = []
+
+    def timed() -> Any:  # the memory call's own time (one process, not interleaved: a rough check)
+        t0 = time.perf_counter()
+        kept = call()
+        if cuda:
+            torch.cuda.synchronize()
+        call_times.append(time.perf_counter() - t0)
+        return kept
+
+    runs = [measure(timed, floor) for _ in range(args.mem_repeats)]
     out = {k: statistics.median(r[k] for r in runs) for k in ("peak", "retained", "total")}
+    out["call_time_s"] = statistics.median(call_times)
     out["how"] = runs[0]["how"]
     out["all_peaks"] = [r["peak"] for r in runs]
     print("RESULT " + json.dumps(out), flush=True)
