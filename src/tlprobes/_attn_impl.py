@@ -129,8 +129,10 @@ def _eager_needed(self: Any, kwargs: dict[str, Any]) -> bool:
     )
 
 
-def _sdpa_reconstruct(self: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> tuple | None:
-    """``_reconstruct_attention`` through SDPA; ``None`` where the bridge's own eager path must run."""
+def _sdpa_reconstruct(
+    self: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any
+) -> tuple | None:
+    """``_reconstruct_attention`` through SDPA; ``None`` where the bridge's eager path must run."""
     if _eager_needed(self, kwargs):
         return None
     mask = kwargs.get("attention_mask")

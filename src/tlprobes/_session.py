@@ -90,7 +90,8 @@ class Session:
                 else:  # a plain module hook (logits on TL 2.18)
                     self._handles.append((None, point.add(fn)))
             self._handles.append((None, self.model.register_forward_hook(self._post_forward)))
-            self._attn = use_fastest(self.model, needs_pattern=any(s in PATTERN_SITES for s, _ in self._routes))
+            needs = any(site in PATTERN_SITES for site, _ in self._routes)
+            self._attn = use_fastest(self.model, needs_pattern=needs)
         except BaseException:
             self.detach()
             raise

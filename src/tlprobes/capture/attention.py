@@ -207,7 +207,7 @@ class Attention(Probe):
         row, n = scratch["row"][layer], len(scratch["layers"])
         if not self._all_rows():  # keep only the selected query rows: [batch, head, k, src]
             idx = scratch.get("index")
-            if idx is None or idx.device != t.device or idx.shape[1] != t.shape[1] or idx.shape[3] != t.shape[3]:
+            if idx is None or idx.device != t.device or idx.shape[1::2] != t.shape[1::2]:
                 idx = scratch["pos"].clamp(min=0).to(t.device)[:, None, :, None]
                 idx = idx.expand(t.shape[0], t.shape[1], idx.shape[2], t.shape[3])
                 scratch["index"] = idx
@@ -218,7 +218,8 @@ class Attention(Probe):
                 sel = sel.masked_fill(_on(scratch, "empty", t.device)[:, None, :, None], 0.0)
             ctx.put(scratch, "pattern", row, n, sel)
         elif not scratch["all_heads"]:
-            ctx.put(scratch, "pattern", row, n, t.detach().index_select(1, _on(scratch, "head_index", t.device)))
+            heads = _on(scratch, "head_index", t.device)
+            ctx.put(scratch, "pattern", row, n, t.detach().index_select(1, heads))
         elif self._owns(t, ctx):
             scratch["refs"][row] = t
         else:
