@@ -8,7 +8,12 @@ every 0.5 ms instead (it may miss short spikes; the JSON records which way was u
 What is compared: ``peak`` is the high-water mark during the call minus the process's memory just
 before it (model loaded, one warm-up call done and freed, ``gc.collect()`` and ``malloc_trim``), with
 whatever the method returns still alive at the end. ``retained`` is the memory still held by the
-returned captures afterwards.
+returned captures afterwards. ``total`` is the same high-water mark minus the memory with the model
+loaded *before any forward pass* (``floor``): it counts what the model itself keeps between passes
+(TL 4.3's bridge keeps the last pass's attention pattern of every layer), which ``peak`` leaves out
+of its baseline. Compare attention captures on ``total``: a method that takes over the bridge's
+patterns (tlprobes) starts a call from a lower baseline than one that leaves them to the bridge
+(run_with_cache), so ``peak`` alone would count the same bytes against one and not the other.
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ class _Sampler(threading.Thread):
             time.sleep(0.0005)
 
 
-def measure_cpu(call: Callable[[], Any]) -> dict[str, Any]:
+def measure_cpu(call: Callable[[], Any], floor: int | None = None) -> dict[str, Any]:
     trim()
     base = rss()
     sampler = None
@@ -91,10 +96,25 @@ def measure_cpu(call: Callable[[], Any]) -> dict[str, Any]:
         peak = _status_kb("VmHWM") or rss()
     after = rss()
     del kept
-    return {"peak": peak - base, "retained": after - base, "how": how}
+    return {"peak": peak - base, "retained": after - base, "how": how,
+            "total": None if floor is None else peak - floor}
 
 
-def measure_cuda(call: Callable[[], Any]) -> dict[str, Any]:
+def floor_cpu() -> int:
+    trim()
+    return rss()
+
+
+def floor_cuda() -> int:
+    import torch
+
+    trim()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated()
+
+
+def measure_cuda(call: Callable[[], Any], floor: int | None = None) -> dict[str, Any]:
     import torch
 
     trim()
@@ -107,4 +127,5 @@ def measure_cuda(call: Callable[[], Any]) -> dict[str, Any]:
     peak = torch.cuda.max_memory_allocated()
     after = torch.cuda.memory_allocated()
     del kept
-    return {"peak": peak - base, "retained": after - base, "how": "torch.cuda.max_memory_allocated"}
+    return {"peak": peak - base, "retained": after - base, "how": "torch.cuda.max_memory_allocated",
+            "total": None if floor is None else peak - floor}

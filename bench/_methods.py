@@ -34,6 +34,31 @@ DESCRIPTIONS: dict[str, str] = {
 }
 DEFAULT_METHODS = list(DESCRIPTIONS)
 
+# attention patterns only (issue 18, goal 1-2): every layer's full pattern, all heads
+DESCRIPTIONS.update({
+    "rwc_pattern": "8. TL run_with_cache, names_filter = every hook_pattern",
+    "nnsight_pattern": "8n. nnsight .save() of every layer's attention weights (HF, eager)",
+    "tp_attention": "9. tlprobes Attention() (per-layer tensors, as run_with_cache)",
+    "rwc_pattern_stacked": "8s. run_with_cache patterns + cache.stack_activation('pattern')",
+    "tp_attention_stacked": "9s. tlprobes Attention() + .pattern (stacked [layer, ...])",
+    "tp_attention_her": "9h. tlprobes Attention(positions=Target(' her')): one row per prompt",
+    # attention kernel (goal 3): what a run that needs no pattern costs on each kernel
+    "bare_sdpa": "1s. bare forward, TransformerBridge, SDPA attention (tlprobes' switch)",
+    "hf_sdpa": "   bare forward, HF GPT2LMHeadModel, attn_implementation='sdpa'",
+    "rwc_resid": "10r. TL run_with_cache, names_filter = the L+1 residual states (eager)",
+    "nnsight_resid_sdpa": "10n. nnsight .save() of the L+1 residual states (HF, SDPA)",
+    "tp_resid_eager": "10e. tlprobes Residual(), eager attention (the switch turned off)",
+    "tp_resid": "10. tlprobes Residual() (SDPA: no probe needs a pattern)",
+    "tp_steps_eager": "11e. tlprobes Steps(), eager attention (the switch turned off)",
+})
+GROUPS: dict[str, list[str]] = {
+    "default": DEFAULT_METHODS[:2] + ["bare_sdpa"] + DEFAULT_METHODS[2:],
+    "attention": ["bare", "rwc_pattern", "nnsight_pattern", "tp_attention", "rwc_pattern_stacked",
+                  "tp_attention_stacked", "tp_attention_her"],
+    "sdpa": ["bare", "bare_sdpa", "hf_bare", "hf_sdpa", "rwc_resid", "nnsight_resid_sdpa", "tp_resid_eager",
+             "tp_resid", "tp_steps_eager", "tp_steps"],
+}
+
 
 def site_names(n_layers: int) -> list[str]:
     names = [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)]
@@ -101,6 +126,55 @@ def make(name: str, s: Setup, nn_model: Any = None) -> Callable[[], Any]:
             saved.append(nn_model.transformer.h[L - 1].output.save())
         return saved
 
+    pattern_names = [f"blocks.{l}.attn.hook_pattern" for l in range(L)]
+    resid_names = names[: L + 1]
+
+    def rwc_pattern() -> Any:
+        return br.run_with_cache(tokens, names_filter=pattern_names)[1]
+
+    def nnsight_pattern() -> Any:
+        saved: list[Any] = []
+        with nn_model.trace(tokens):
+            for l in range(L):
+                saved.append(nn_model.transformer.h[l].attn.output[1].save())
+        return saved
+
+    def sdpa_hf(fn: Callable[[], Any]) -> Any:
+        """Run fn with the HF model on SDPA (the bridge has its own copy of the config)."""
+        hf.config._attn_implementation = "sdpa"
+        try:
+            return fn()
+        finally:
+            hf.config._attn_implementation = "eager"
+
+    def nnsight_resid() -> Any:
+        saved: list[Any] = []
+        with nn_model.trace(tokens):
+            for l in range(L):
+                saved.append(nn_model.transformer.h[l].input.save())
+            saved.append(nn_model.transformer.h[L - 1].output.save())
+        return saved
+
+    def fast_bridge(fn: Callable[[], Any]) -> Any:
+        from tlprobes._attn_impl import use_fastest
+
+        sw = use_fastest(br, needs_pattern=False)
+        try:
+            return fn()
+        finally:
+            sw.restore()
+
+    def eager_tp(fn: Callable[[], Any]) -> Any:
+        """tp.run with tlprobes' SDPA switch turned off (what every run paid before)."""
+        import tlprobes._session as sess
+
+        keep = sess.use_fastest
+        sess.use_fastest = lambda model, needs_pattern: sess.Switch([])
+        try:
+            return fn()
+        finally:
+            sess.use_fastest = keep
+
     def states_of_cache(cache: Any) -> list[Any]:
         return [cache[n] for n in names[: L + 1]]
 
@@ -124,6 +198,19 @@ def make(name: str, s: Setup, nn_model: Any = None) -> Callable[[], Any]:
         ),
         "tp_steps": lambda: run(tp.Steps()),
         "tp_steps_her": lambda: run(tp.Steps(positions=tp.Target(her))),
+        "rwc_pattern": rwc_pattern,
+        "nnsight_pattern": nnsight_pattern,
+        "tp_attention": lambda: run(tp.Attention()),
+        "rwc_pattern_stacked": lambda: rwc_pattern().stack_activation("pattern"),
+        "tp_attention_stacked": lambda: run(tp.Attention()).attention.pattern,
+        "tp_attention_her": lambda: run(tp.Attention(positions=tp.Target(her))),
+        "bare_sdpa": lambda: fast_bridge(lambda: br(tokens)),
+        "hf_sdpa": lambda: sdpa_hf(lambda: hf(tokens).logits),
+        "rwc_resid": lambda: br.run_with_cache(tokens, names_filter=resid_names)[1],
+        "nnsight_resid_sdpa": lambda: sdpa_hf(nnsight_resid),
+        "tp_resid_eager": lambda: eager_tp(lambda: run(tp.Residual())),
+        "tp_resid": lambda: run(tp.Residual()),
+        "tp_steps_eager": lambda: eager_tp(lambda: run(tp.Steps())),
     }
     fn = fns[name]
 
@@ -136,4 +223,5 @@ def make(name: str, s: Setup, nn_model: Any = None) -> Callable[[], Any]:
 
 def needs(name: str) -> tuple[bool, bool]:
     """(needs the TL bridge, needs nnsight)."""
-    return name != "hf_bare" and not name.startswith("nnsight"), name.startswith("nnsight")
+    hf_only = name in ("hf_bare", "hf_sdpa") or name.startswith("nnsight")
+    return not hf_only, name.startswith("nnsight")

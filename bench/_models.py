@@ -20,6 +20,9 @@ SIZES: dict[str, dict[str, int]] = {
     # CPU it stands in for a launch-bound GPU pass (what hooks and per-hook work cost there)
     "overhead": dict(n_layer=12, n_embd=64, n_head=4, vocab=1000, batch=8, seq=64),
     "small": dict(n_layer=12, n_embd=768, n_head=12, vocab=50257, batch=2, seq=64),
+    # long contexts (1 x 4096) at a width where the [head, dest, src] patterns (4 x 16.8M floats a
+    # layer) dominate memory, while 4 layers keep the bridge's own kept patterns near 1 GiB
+    "long": dict(n_layer=4, n_embd=256, n_head=4, vocab=1000, batch=1, seq=4096),
     "xl": dict(n_layer=48, n_embd=1600, n_head=25, vocab=50257, batch=1, seq=64),
 }
 HER_ID = 607  # GPT-2's " her"; planted once per prompt so tp.Target(607) finds it

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ._adapter import Adapter, adapter_for
+from ._attn_impl import PATTERN_SITES, Switch, use_fastest
 from ._errors import ArgumentError, InputError, SessionError, choices
 from ._result import Inputs, Result
 from .capture._base import BatchContext, Probe
@@ -103,6 +104,7 @@ class Session:
         self._thread: int | None = None  # the thread that attached; others' forwards are ignored
         self._in_forward = False
         self._finishing = False
+        self._attn = Switch([])  # the attention kernel of the attached passes (_attn_impl)
 
     # ---------------------------------------------------------------- registration
     def __enter__(self) -> Session:
@@ -157,6 +159,8 @@ class Session:
             self._handles.append(
                 (None, self.model.register_forward_hook(self._end_forward, always_call=True))
             )
+            needs = any(site in PATTERN_SITES for site, _ in self._routes)
+            self._attn = use_fastest(self.model, needs_pattern=needs)
         except BaseException:
             self.detach()
             raise
@@ -166,6 +170,7 @@ class Session:
     def detach(self) -> None:
         """Remove exactly the hooks this session added; safe to call twice."""
         handles, self._handles = self._handles, []
+        self._attn.restore()
         errors: list[BaseException] = []
         for point, handle in reversed(handles):
             try:
@@ -353,6 +358,7 @@ class Session:
             "probes": [repr(p) for p in self.probes],
             "capture_device": str(self.device),
             "capture_dtype": str(self.dtype or self.adapter.meta.dtype),
+            "attention": self._attn.name,
         }
         return Result(captures, inputs, self.adapter.meta, settings)
 

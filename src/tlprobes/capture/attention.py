@@ -1,4 +1,4 @@
-"""Attention patterns ``[batch, head, dest, src]`` of chosen layers and heads.
+"""Attention patterns ``[batch, head, dest, src]`` of chosen layers, heads and query positions.
 
 Rows are the attending (destination) positions, columns the attended (source) ones; each valid row
 sums to 1 and padded keys get 0. ``capture.attention_mask`` says which rows and columns are real::
@@ -7,6 +7,19 @@ sums to 1 and padded keys get 0. ``capture.attention_mask`` says which rows and 
     >>> att = tp.run(model, prompts, tp.Attention(layers=[0, 2], heads=[1])).attention
     >>> att.pattern_at(2).shape                          # [batch, head, dest, src]
     torch.Size([2, 1, 7, 7])
+    >>> her = tp.run(model, prompts, tp.Attention(positions=tp.Target(" her"))).attention
+    >>> her.pattern_at(0).shape                          # [batch, head, slot, src]: the rows of " her"
+    torch.Size([2, 4, 1, 7])
+
+What it costs: a full pattern (every head, every row, the model's dtype, kept on the model's device)
+is not copied. The hook keeps a reference to the tensor the model computed, and when the pass ends
+the capture takes it over: TL 4.3's bridge keeps the last pass's pattern of every layer
+(``attn._pattern``), and that reference is released, so the model never holds (or writes) what the
+capture holds, and the next forward pass allocates new tensors. ``pattern_at(l)`` and
+``layer_patterns`` hand out those tensors; ``pattern`` stacks them into one
+``[layer, batch, head, dest, src]`` tensor on first access (one copy, after which the per-layer
+tensors are views of it). Selected heads, selected query rows (``positions``), another ``dtype`` or
+another ``device`` are copied as they arrive, and only what was asked is copied.
 """
 
 from __future__ import annotations
@@ -14,26 +27,50 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .._adapter import Adapter, Meta
-from .._errors import HeadError, InputError, LayerError, choices
-from .._result import Displayable, Inputs
-from ._base import BatchContext, Probe, cat_pieces
+from .._errors import HeadError, InputError, LayerError, TLProbesError, choices
+from .._result import Displayable, Inputs, pad_cat
+from ._base import BatchContext, Probe
+from ._positions import PositionSpec, check_spec
 
 __all__ = ["Attention", "AttentionCapture"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AttentionCapture(Displayable):
-    """``pattern[i]`` is layer ``layers[i]``; its head axis holds ``heads``."""
+    """``layer_patterns[i]`` (and ``pattern[i]``) is layer ``layers[i]``; its head axis holds ``heads``.
 
-    pattern: Float[Tensor, "layer batch head dest src"]
+    With ``positions`` selected, the dest axis holds the selected query slots: ``positions[b, k]``
+    is the index of slot ``k`` of prompt ``b`` in its padded sequence (``-1`` for an empty slot,
+    whose row is 0) and ``positions_mask[b, k]`` is True where the slot holds a real token.
+    """
+
+    layer_patterns: tuple[Float[Tensor, "batch head dest src"], ...]
     layers: tuple[int, ...]
     heads: tuple[int, ...]
     inputs: Inputs
     meta: Meta
+    positions: Int[Tensor, "batch k"] | None = None
+    positions_mask: Bool[Tensor, "batch k"] | None = None
+
+    @property
+    def pattern(self) -> Float[Tensor, "layer batch head dest src"]:
+        """All captured layers in one tensor (stacked once, on first access)."""
+        stacked = self.__dict__.get("_stacked")
+        if stacked is None:
+            pats = self.layer_patterns
+            stacked = pats[0].unsqueeze(0) if len(pats) == 1 else torch.stack(pats)
+            self._adopt(stacked)
+        return stacked
+
+    def _adopt(self, stacked: Tensor) -> None:
+        """Hold ``stacked`` as the pattern; the per-layer tensors become views of it."""
+        object.__setattr__(self, "_stacked", stacked)
+        object.__setattr__(self, "layer_patterns", tuple(stacked.unbind(0)))
 
     @property
     def mask(self) -> Bool[Tensor, "batch seq"]:
@@ -48,41 +85,66 @@ class AttentionCapture(Displayable):
         return self.inputs.str_tokens
 
     def pattern_at(self, layer: int) -> Float[Tensor, "batch head dest src"]:
-        """The pattern of one captured layer."""
+        """The pattern of one captured layer (never a copy)."""
         if layer not in self.layers:
             raise LayerError(f"layer {layer} was not captured; captured layers: {choices(self.layers)}")
-        return self.pattern[self.layers.index(layer)]
+        return self.layer_patterns[self.layers.index(layer)]
 
     def tensors(self) -> dict[str, Tensor]:
-        return {"pattern": self.pattern}
+        out = {"pattern": self.pattern}
+        if self.positions is not None:
+            out["positions"] = self.positions
+            out["positions_mask"] = self.positions_mask  # type: ignore[assignment]
+        return out
 
     def _build_page(self, prompt: int = 0, layer: int | None = None) -> Any:
         """Head summaries of one prompt, then prompt / layer / head selectors (first 16 prompts)."""
         from ..render import Page, attention_overview, attention_prompts_view, head_summaries
 
-        n = self.pattern.shape[1]
+        n = self.layer_patterns[0].shape[0]
         if not 0 <= prompt < n:
             raise InputError(f"prompt {prompt!r} is not in this capture; choose from {choices(range(n))}")
         if layer is not None and layer not in self.layers:
             raise LayerError(f"layer {layer!r} was not captured; captured layers: {choices(self.layers)}")
         mask = self.mask[prompt].numpy()
-        pat = self.pattern[:, prompt].double().numpy()
         page = Page("Attention")
         page.add_heading(f"Attention ({self.meta.model_name}, {self.meta.mode})")
+        if self.positions is not None:
+            return self._build_rows_page(page, prompt)
+        pat = torch.stack([p[prompt] for p in self.layer_patterns]).double().numpy()
         page.add_page(attention_overview(head_summaries(pat, mask), layer_labels=list(self.layers),
                                          head_labels=list(self.heads),
                                          title=f"Head overview, prompt {prompt}"))
         shown = sorted(set(range(min(n, 16))) | {prompt})
         page.add_page(attention_prompts_view(
-            self.pattern[:, shown].double().numpy(), [self.str_tokens[b] for b in shown],
+            torch.stack([p[shown] for p in self.layer_patterns]).double().numpy(), [self.str_tokens[b] for b in shown],
             mask=self.mask[shown].numpy(), layer_labels=list(self.layers),
             prompt_labels=[f"{b}: {''.join(self.inputs.valid_str_tokens(b))[:40]}" for b in shown],
             initial_prompt=shown.index(prompt),
             initial=0 if layer is None else self.layers.index(layer)))
         return page
 
+    def _build_rows_page(self, page: Any, prompt: int) -> Any:
+        """Selected query rows: the head-mean attention of each slot over the prompt's tokens."""
+        from ..render import token_view
+
+        assert self.positions is not None and self.positions_mask is not None
+        strs = self.str_tokens[prompt]
+        keep = self.mask[prompt].numpy()
+        for k, (pos, ok) in enumerate(zip(self.positions[prompt].tolist(),
+                                          self.positions_mask[prompt].tolist())):
+            if not ok:
+                continue
+            values = {f"layer {l}": self.layer_patterns[i][prompt, :, k].double().mean(0).numpy()
+                      for i, l in enumerate(self.layers)}
+            page.add_page(token_view(strs, values, mask=keep,
+                                     label=f"prompt {prompt}: attention from {strs[pos]!r} (position {pos})"))
+        return page
+
     def __repr__(self) -> str:
-        return f"AttentionCapture(pattern={tuple(self.pattern.shape)}, layers={self.layers}, heads={self.heads})"
+        shape = (len(self.layers), *self.layer_patterns[0].shape)
+        sel = "" if self.positions is None else f", positions={tuple(self.positions.shape)}"
+        return f"AttentionCapture(pattern={shape}, layers={self.layers}, heads={self.heads}{sel})"
 
 
 @dataclass(frozen=True)
@@ -92,11 +154,19 @@ class Attention(Probe):
     Args:
         layers: block indices (``None``: all).
         heads: head indices (``None``: all), the same for every layer.
+        positions: which query rows to keep (``"all"``: the whole square pattern; otherwise a
+            selector as for :class:`~tlprobes.Residual`, e.g. ``tp.Target(" her")``, and the
+            capture is ``[layer, batch, head, k, src]``).
+        name: key of the capture in the result.
     """
 
     layers: Any = None
     heads: Any = None
+    positions: PositionSpec = "all"
     name: str = "attention"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positions", check_spec(self.positions))
 
     def _resolve(self, adapter: Adapter) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Validated (layers, heads) for this model."""
@@ -114,37 +184,130 @@ class Attention(Probe):
             heads.append(h % adapter.n_heads)
         return layers, tuple(dict.fromkeys(heads))
 
+    def _all_rows(self) -> bool:
+        return isinstance(self.positions, str) and self.positions == "all"
+
     def plan(self, adapter: Adapter) -> list[tuple[str, int | None]]:
         layers, _ = self._resolve(adapter)
         return [("pattern", l) for l in layers]
 
     def new_batch(self, ctx: BatchContext) -> dict[Any, Any]:
         layers, heads = self._resolve(ctx.adapter)
-        return {"layers": layers, "heads": heads}
+        scratch: dict[Any, Any] = {
+            "layers": layers,
+            "heads": heads,
+            "row": {l: i for i, l in enumerate(layers)},
+            "all_heads": heads == tuple(range(ctx.adapter.n_heads)),
+            "refs": {},  # row -> the model's own pattern tensor (kept, not copied)
+            "head_index": torch.tensor(heads, dtype=torch.long),
+        }
+        if not self._all_rows():
+            pos, valid = ctx.positions(self.positions)
+            scratch["pos"], scratch["valid"] = pos, valid
+            scratch["empty"] = None if bool(valid.all()) else ~valid
+        return scratch
+
+    def _owns(self, t: Tensor, ctx: BatchContext) -> bool:
+        """Can the capture keep the model's tensor itself (no copy would change it)?"""
+        dev = ctx.store_device
+        return (dev is None or torch.device(dev) == t.device) and (
+            ctx.store_dtype is None or ctx.store_dtype == t.dtype
+        )
 
     def on_activation(
         self, site: str, layer: int | None, t: Tensor, scratch: dict[Any, Any], ctx: BatchContext
     ) -> None:
-        heads, layers = scratch["heads"], scratch["layers"]
-        if len(heads) != t.shape[1]:
-            t = t[:, list(heads)]
-        ctx.put(scratch, "pattern", layers.index(layer), len(layers), t)
+        row, n = scratch["row"][layer], len(scratch["layers"])
+        if not self._all_rows():  # keep only the selected query rows: [batch, head, k, src]
+            idx = scratch.get("index")
+            if idx is None or idx.device != t.device or idx.shape[1::2] != t.shape[1::2]:
+                idx = scratch["pos"].clamp(min=0).to(t.device)[:, None, :, None]
+                idx = idx.expand(t.shape[0], t.shape[1], idx.shape[2], t.shape[3])
+                scratch["index"] = idx
+            sel = t.detach().gather(2, idx)
+            if not scratch["all_heads"]:
+                sel = sel.index_select(1, _on(scratch, "head_index", t.device))
+            if scratch["empty"] is not None:
+                sel = sel.masked_fill(_on(scratch, "empty", t.device)[:, None, :, None], 0.0)
+            ctx.put(scratch, "pattern", row, n, sel)
+        elif not scratch["all_heads"]:
+            heads = _on(scratch, "head_index", t.device)
+            ctx.put(scratch, "pattern", row, n, t.detach().index_select(1, heads))
+        elif self._owns(t, ctx):
+            scratch["refs"][row] = t
+        else:
+            ctx.put(scratch, "pattern", row, n, t)
 
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         layers = scratch["layers"]
-        return {"pattern": ctx.take(scratch, "pattern", len(layers), self.name), "layers": layers,
-                "heads": scratch["heads"]}
+        refs: dict[int, Tensor] = scratch.pop("refs")
+        piece: dict[Any, Any] = {"layers": layers, "heads": scratch["heads"], "stacked": None}
+        if refs or "pattern" not in scratch:
+            if len(refs) != len(layers):
+                missing = [l for i, l in enumerate(layers) if i not in refs][:4]
+                raise TLProbesError(
+                    f"{self.name}: the patterns of layers {missing} were not captured in this forward "
+                    "pass; tlprobes captures whole forward passes (no stop_at_layer / start_at_layer)"
+                )
+            _release(ctx.adapter, layers, refs)
+            piece["pattern"] = [refs[i].detach() for i in range(len(layers))]
+        else:
+            buf = ctx.take(scratch, "pattern", len(layers), self.name)
+            piece["pattern"], piece["stacked"] = list(buf.unbind(0)), buf
+        if not self._all_rows():
+            piece["positions"], piece["mask"] = scratch["pos"], scratch["valid"]
+        return piece
 
     def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
-        return cat_pieces(pieces, {"pattern": (1, (3, 4), 0.0)})
+        if len(pieces) == 1:
+            return pieces[0]
+        out = dict(pieces[0])
+        out["stacked"] = None
+        out["pattern"] = [
+            pad_cat([p["pattern"][i] for p in pieces], dim=0, pad_dims=(2, 3), value=0.0)
+            for i in range(len(out["layers"]))
+        ]
+        if "positions" in out:
+            out["positions"] = pad_cat([p["positions"] for p in pieces], dim=0, pad_dims=(1,), value=-1)
+            out["mask"] = pad_cat([p["mask"] for p in pieces], dim=0, pad_dims=(1,), value=False)
+        return out
 
     def finalize(self, piece: dict[Any, Any], inputs: Inputs, meta: Meta) -> AttentionCapture:
-        return AttentionCapture(
-            pattern=piece["pattern"],
+        cap = AttentionCapture(
+            layer_patterns=tuple(piece["pattern"]),
             layers=piece["layers"],
             heads=piece["heads"],
             inputs=inputs,
             meta=meta,
+            positions=piece.get("positions"),
+            positions_mask=piece.get("mask"),
         )
+        if piece.get("stacked") is not None:
+            cap._adopt(piece["stacked"])
+        return cap
 
 
+def _on(scratch: dict[Any, Any], key: str, device: torch.device) -> Tensor:
+    """``scratch[key]`` on ``device``, moved once per batch (not once per hook)."""
+    cached = scratch.get((key, device))
+    if cached is None:
+        cached = scratch[(key, device)] = scratch[key].to(device)
+    return cached
+
+
+def _release(adapter: Adapter, layers: tuple[int, ...], refs: dict[int, Tensor]) -> None:
+    """Drop the model's own reference to the patterns the capture now owns.
+
+    TL 4.3's attention bridges keep the last pass's pattern (``self._pattern``; nothing in TL reads
+    it back). Only a reference to exactly the tensor the hook saw is released; anything else the
+    model holds is left alone.
+    """
+    model = adapter.model
+    for i, l in enumerate(layers):
+        name = adapter.hook_name("pattern", l).rsplit(".", 1)[0]
+        try:
+            module = model.get_submodule(name)
+        except (AttributeError, TypeError):
+            continue
+        if module.__dict__.get("_pattern") is refs[i]:
+            module._pattern = None

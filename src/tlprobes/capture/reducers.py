@@ -197,12 +197,19 @@ class ResidualMean(Probe):
     ) -> None:
         n = ctx.adapter.n_layers
         idx = n if site == "resid_post" else int(layer)  # type: ignore[arg-type]
-        _, valid = ctx.positions(self.positions)
         x = ctx.select(t, self.positions).double()
-        w = valid.to(x.device, x.dtype).unsqueeze(-1)
+        # the token weights move to the device once per batch (not once per hook), and are left
+        # out when every selected slot is real (no padding, no empty slots)
+        key = ("w", x.device)
+        if key not in scratch:
+            _, valid = ctx.positions(self.positions)
+            scratch[key] = None if bool(valid.all()) else valid.to(x.device, x.dtype).unsqueeze(-1)
+        w = scratch[key]
+        if w is not None:
+            x = x * w  # zero rows stay zero when squared
         # into per-batch buffers (pinned and asynchronous on a GPU): no host sync inside the pass
-        ctx.put(scratch, "sum", idx, n + 1, (x * w).sum((0, 1)))
-        ctx.put(scratch, "sq", idx, n + 1, (x.pow(2) * w).sum((0, 1, 2)))
+        ctx.put(scratch, "sum", idx, n + 1, x.sum((0, 1)))
+        ctx.put(scratch, "sq", idx, n + 1, x.pow(2).sum((0, 1, 2)))
 
     def end_batch(self, scratch: dict[Any, Any], ctx: BatchContext) -> dict[Any, Any]:
         n = ctx.adapter.n_layers
