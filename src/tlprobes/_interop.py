@@ -178,7 +178,7 @@ def from_cache(
         captures["components"] = ComponentsCapture(**common, attn_out=attn_out, mlp_out=mlp_out,
                                                    layers=tuple(L))
     if pattern is not None:
-        captures["attention"] = AttentionCapture(pattern=pattern, layers=tuple(L),
+        captures["attention"] = AttentionCapture(layer_patterns=tuple(pattern), layers=tuple(L),
                                                  heads=tuple(range(pattern.shape[2])),
                                                  inputs=inputs, meta=meta)
     return Result(captures, inputs, meta, {"source": "ActivationCache"})
