@@ -124,11 +124,13 @@ def test_induction_head_on_repeated_random_tokens(smol):
 
 
 def _subset_suite(name: str, tmp_path: Path, limit: int) -> Path:
+    """A shipped suite with a prompt limit, its prompt files copied beside it (they must stay in the
+    suite's folder)."""
+    import shutil
+
+    shutil.copytree(ROOT / "probes" / "prompts", tmp_path / "prompts", dirs_exist_ok=True)
     text = (ROOT / "probes" / f"{name}.toml").read_text()
-    prompts_dir = (ROOT / "probes" / "prompts").as_posix()
-    text = text.replace('file = "prompts/', f'file = "{prompts_dir}/').replace(
-        "[prompts]\n", f"[prompts]\nlimit = {limit}\n"
-    )
+    text = text.replace("[prompts]\n", f"[prompts]\nlimit = {limit}\n")
     path = tmp_path / f"{name}.toml"
     path.write_text(text)
     return path
