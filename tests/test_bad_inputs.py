@@ -215,6 +215,12 @@ def _broken_model_dir(tmp_path: Path) -> Path:
     return d
 
 
+def _fake_gguf(tmp_path: Path) -> Path:
+    p = tmp_path / "model.gguf"
+    p.write_bytes(b"PK\x03\x04 not a gguf")
+    return p
+
+
 def _manifest_dir(tmp_path: Path, content: str) -> Path:
     d = tmp_path / "badrun"
     d.mkdir()
@@ -230,6 +236,7 @@ CLI_CASES = [
     ("out-file", lambda t: ["run", str(_suite(t / "s")), "--out", str(_suite(t / "s"))], "exists and is not a folder"),
     ("config", lambda t: ["run", str(_suite(t / "s")), "--model", str(_broken_model_dir(t))], "config.json is unreadable or not valid JSON"),
     ("model-file", lambda t: ["run", str(_suite(t / "s")), "--model", str(_suite(t / "s"))], "is a file"),
+    ("not-gguf", lambda t: ["run", str(_suite(t / "s")), "--model", str(_fake_gguf(t))], "is not a GGUF file"),
     ("latin1", lambda t: ["run", str(_suite(t / "s", prompts=b"caf\xe9 her\n"))], "not UTF-8"),
     ("seed", lambda t: ["run", str(_suite(t / "s", GOOD + "\n[run]\nseed = -1\n"))], "seed = -1 is out of range"),
     ("unknown-cmd", lambda t: ["frobnicate"], "invalid choice: 'frobnicate'"),

@@ -79,9 +79,19 @@ def check_model_spec(spec: Any, what: str = "model") -> None:
         if isinstance(spec, Path):
             raise ModelError(f"{what} folder {str(spec)!r} does not exist")
         return  # a shipped or TransformerLens name: load_model checks it
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        try:
+            with path.open("rb") as f:
+                magic = f.read(4)
+        except OSError as err:
+            raise ModelError(f"{what} file {str(spec)!r} is unreadable ({err})") from None
+        if magic != b"GGUF":
+            raise ModelError(f"{what} file {str(spec)!r} is not a GGUF file (it does not start "
+                             "with the GGUF magic bytes)")
+        return
     if not path.is_dir():
         raise ModelError(f"{what} {str(spec)!r} is a file; give a Hugging Face model folder "
-                         "(config.json, weights, tokenizer files) or a model name")
+                         "(config.json, weights, tokenizer files), a .gguf file or a model name")
     cfg = path / "config.json"
     try:
         json.loads(cfg.read_text(encoding="utf-8"))
