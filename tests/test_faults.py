@@ -171,3 +171,30 @@ def test_partial_forward_is_refused(model):
         with tp.attach(model, tp.Residual()):
             model(_tokens(model), stop_at_layer=1)
     assert hook_snapshot(model) == before
+
+
+def test_session_goes_on_after_a_keyboard_interrupt_mid_forward(fresh_model):
+    """A pass killed by a BaseException (torch's always_call hooks miss it) must not leave the
+    session believing the next pass is nested: it captures, and real nesting is still refused."""
+    model = fresh_model
+    fired = {"n": 0}
+
+    def interrupt(t, hook):
+        fired["n"] += 1
+        if fired["n"] == 1:
+            raise KeyboardInterrupt
+
+    model.add_hook("blocks.1.hook_resid_post", interrupt)
+    with tp.attach(model, tp.Residual()) as session:
+        with pytest.raises(KeyboardInterrupt):
+            model(_tokens(model))
+        model(_tokens(model))  # the user's retry: captured, not refused as a nested pass
+
+        def nested(t, hook):
+            model(_tokens(model))
+
+        model.add_hook("blocks.0.hook_resid_post", nested)
+        with pytest.raises(tp.TLProbesError, match="inside another one"):
+            model(_tokens(model))
+    model.reset_hooks()
+    assert session.result.residual.resid.shape[1] == 1

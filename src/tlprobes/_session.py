@@ -16,6 +16,7 @@ there before (the user's, permanent or not) are never removed or reordered.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -238,6 +239,10 @@ class Session:
     def _pre_forward(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if threading.get_ident() != self._thread:
             return
+        if self._in_forward and _model_calls_on_stack(self.model) < 2:
+            # a stale flag: the last pass died with a BaseException (KeyboardInterrupt), which
+            # torch's always_call hooks do not see; this pass is not nested
+            self._in_forward = False
         if self._in_forward:
             raise SessionError(
                 "a forward pass started inside another one (e.g. a hook that calls the model) while "
@@ -415,3 +420,14 @@ def attach(
         >>> session.result.logit_lens.top_ids.shape                                  # doctest: +SKIP
     """
     return Session(model, probes, device=device, dtype=dtype)
+
+
+def _model_calls_on_stack(model: Any) -> int:
+    """How many calls of ``model`` (``nn.Module._call_impl`` frames) the current thread is inside."""
+    n = 0
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_call_impl" and frame.f_locals.get("self") is model:
+            n += 1
+        frame = frame.f_back
+    return n
