@@ -648,10 +648,16 @@ def test_family_half_lens_matches_hf(family, dtype, tmp_path_factory):
 @pytest.mark.parametrize(("family", "dtype"), UNSUPPORTED)
 def test_unsupported_family_raises(family, dtype, tmp_path_factory):
     """TL cannot run these: tlprobes says so (with the reason) before returning any number."""
+    from transformer_lens.model_bridge import TransformerBridge
+
     d, _ = _build(family, tmp_path_factory)
-    model = tp.load_model(str(d), dtype=DTYPES[dtype])
     reason = UNSUPPORTED_ARCHITECTURES[family][1]
-    with pytest.raises(ModelError, match=rf"{family!r} in {dtype} is not supported.*{reason[:30]}"):
+    match = rf"{family!r} in {dtype} is not supported.*{reason[:30]}"
+    with pytest.raises(ModelError, match=match):  # tlprobes' loader refuses it at load time
+        tp.load_model(str(d), dtype=DTYPES[dtype])
+    # a bridge booted by the user is refused before any number is returned
+    model = TransformerBridge.boot_transformers(str(d), device="cpu", dtype=DTYPES[dtype])
+    with pytest.raises(ModelError, match=match):
         tp.run(model, PROMPTS[:1], tp.Residual())
 
 
