@@ -49,7 +49,10 @@ def test_second_thread_session_on_the_same_model_is_refused_at_attach(models):
     assert "value" in _in_thread(lambda: tp.run(m, B[:2], tp.Residual()))
 
 
-def test_other_threads_plain_forwards_do_not_leak_into_rows(models):
+def test_other_threads_plain_forwards_never_leak_silently(models):
+    """Another thread running the same model during a session: TL 4.3's bridge itself is not
+    thread-safe (without tlprobes, 7 of 200 concurrent passes gave wrong logits here), so the rows
+    are either right or refused with a clear error; never silently mixed."""
     m, _ = models
     ref = tp.run(m, A, tp.Residual(), batch_size=1)
     started, stop = threading.Event(), threading.Event()
@@ -58,30 +61,36 @@ def test_other_threads_plain_forwards_do_not_leak_into_rows(models):
 
     def hammer():
         toks = m.to_tokens(B[:2])
-        try:
-            with torch.no_grad():
-                while not stop.is_set():
+        while not stop.is_set():
+            try:
+                with torch.no_grad():
                     m(toks)
-                    seen["forwards"] += 1
-                    started.set()
-        except BaseException as err:  # noqa: BLE001 - reported below
-            seen["errors"].append(err)
+                seen["forwards"] += 1
+            except BaseException as err:  # noqa: BLE001 - the bridge may break under the race
+                seen["errors"].append(err)
             started.set()
 
     t = threading.Thread(target=hammer)
     t.start()
     started.wait()
+    outcomes = {"rows": 0, "refused": 0}
     try:
-        before = seen["forwards"]
-        got = tp.run(m, A, tp.Residual(), batch_size=1)
-        during = seen["forwards"] - before
+        for _ in range(3):
+            before = seen["forwards"]
+            try:
+                got = tp.run(m, A, tp.Residual(), batch_size=1)
+            except tp.SessionError as err:
+                assert "another thread ran the model" in str(err)
+                outcomes["refused"] += 1
+                continue
+            assert seen["forwards"] > before  # the two really overlapped
+            assert torch.equal(got.inputs.tokens, ref.inputs.tokens)
+            torch.testing.assert_close(got.residual.resid, ref.residual.resid)
+            outcomes["rows"] += 1
     finally:
         stop.set()
         t.join()
-    assert seen["errors"] == [] and during > 0, (seen, during)  # the two really overlapped
-    assert got.inputs.tokens.shape == ref.inputs.tokens.shape
-    assert torch.equal(got.inputs.tokens, ref.inputs.tokens)
-    torch.testing.assert_close(got.residual.resid, ref.residual.resid)
+    assert sum(outcomes.values()) == 3, outcomes
 
 
 def test_one_model_per_thread_gives_the_single_thread_rows(models):

@@ -228,6 +228,13 @@ class Session:
                     "type, or a submodule called directly), so tlprobes cannot capture it. Call "
                     "model(tokens) inside the session, or detach the probes first"
                 )
+            if tensor.dim() and tensor.shape[0] != ctx.tokens.shape[0]:
+                raise SessionError(
+                    f"the activation at {site!r} has batch {tensor.shape[0]} but this pass has "
+                    f"{ctx.tokens.shape[0]} prompts: another thread ran the model during the pass. "
+                    "TransformerLens models are not thread-safe (the bridge's own outputs are wrong "
+                    "then): run one forward pass at a time on a model, or one model per thread"
+                )
             with torch.no_grad():  # probes write into buffers: never part of the user's graph
                 for probe in probes:
                     probe.on_activation(site, layer, tensor, self._scratch[probe.name], ctx)

@@ -375,9 +375,9 @@ def _load_local_quietly(
         bridge = TransformerBridge.boot_transformers(str(path), device=device, dtype=dtype)
         if compat:
             bridge.enable_compatibility_mode(disable_warnings=True)
-        from .._adapter import adapter_for
+        from .._adapter import _refuse_unsupported
 
-        adapter_for(bridge)  # an architecture TL cannot run is refused here, with the reason
+        _refuse_unsupported(bridge)  # an architecture TL cannot run is refused here, with the reason
         if reference is not None:
             _check_model(bridge, reference, path, "TransformerBridge", dtype)
         return bridge
