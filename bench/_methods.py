@@ -156,7 +156,7 @@ def make(name: str, s: Setup, nn_model: Any = None) -> Callable[[], Any]:
         return saved
 
     def fast_bridge(fn: Callable[[], Any]) -> Any:
-        from tlprobes._attn_impl import use_fastest
+        from tlprobes._tl.attn_impl import use_fastest
 
         sw = use_fastest(br, needs_pattern=False)
         try:

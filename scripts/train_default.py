@@ -17,8 +17,8 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tlprobes.models._corpus import write_prompt_sets
-    from tlprobes.models._train import TrainConfig, train_default, write_model_card
+    from tlprobes.models.training.corpus import write_prompt_sets
+    from tlprobes.models.training.train import TrainConfig, train_default, write_model_card
 
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

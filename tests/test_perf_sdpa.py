@@ -11,7 +11,7 @@ import torch
 from conftest import PROMPTS
 
 import tlprobes as tp
-from tlprobes._attn_impl import use_fastest
+from tlprobes._tl.attn_impl import use_fastest
 
 ATOL = 2e-5
 

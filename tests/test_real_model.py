@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import tlprobes as tp
+from tlprobes._tl.loading import tl_major_version
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def smol_gguf():
-    if tp.models.tl_major_version() < 4:
+    if tl_major_version() < 4:
         pytest.skip("the real-model test runs on the TL 4.3 line")
     try:
         path = tp.models.smollm2_gguf()

@@ -33,9 +33,9 @@ from ._errors import TLProbesError as TLProbesError
 from ._errors import UnknownModelError as UnknownModelError
 
 if TYPE_CHECKING:  # the CLI's --help must not wait for torch: these load on first use
-    from ._adapter import SITES as SITES
-    from ._adapter import Meta as Meta
-    from ._adapter import adapter_for as adapter_for
+    from ._tl.adapter import SITES as SITES
+    from ._tl.adapter import Meta as Meta
+    from ._tl.adapter import adapter_for as adapter_for
     from ._result import Inputs as Inputs
     from ._result import Result as Result
     from ._runner import run as run
@@ -57,9 +57,9 @@ __version__ = "0.1.0"
 # Heavy parts (scipy, pandas, sklearn, matplotlib, circuitsvis) load on first use: `tp.angle` imports
 # the analyzers, `tp.Report` the renderers.
 _LAZY = {
-    "SITES": ("tlprobes._adapter", "SITES"),
-    "Meta": ("tlprobes._adapter", "Meta"),
-    "adapter_for": ("tlprobes._adapter", "adapter_for"),
+    "SITES": ("tlprobes._tl.adapter", "SITES"),
+    "Meta": ("tlprobes._tl.adapter", "Meta"),
+    "adapter_for": ("tlprobes._tl.adapter", "adapter_for"),
     "Inputs": ("tlprobes._result", "Inputs"),
     "Result": ("tlprobes._result", "Result"),
     "run": ("tlprobes._runner", "run"),
@@ -112,7 +112,7 @@ _LAZY = {
     "PathAccumulator": ("tlprobes.analysis", "PathAccumulator"),
     "DriftAccumulator": ("tlprobes.analysis", "DriftAccumulator"),
     "AnisotropyAccumulator": ("tlprobes.analysis", "AnisotropyAccumulator"),
-    "from_cache": ("tlprobes._interop", "from_cache"),
+    "from_cache": ("tlprobes._tl.interop", "from_cache"),
     "models": ("tlprobes.models", None),
     "load_model": ("tlprobes.models", "load_model"),
     "shipped_models": ("tlprobes.models", "shipped_models"),

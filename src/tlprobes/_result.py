@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from ._adapter import Meta
+from ._tl.adapter import Meta
 from ._errors import InputError, choices
 
 __all__ = ["Displayable", "Inputs", "Result", "pad_cat"]

@@ -7,11 +7,13 @@
     ...     model(tokens, attention_mask=mask)
     >>> session.result.residual.resid.shape                                          # doctest: +SKIP
 
-One hook is registered per ``(site, layer)`` that any probe needs, through the HookPoint's own
-``add_hook`` (which returns a handle), plus a forward pre-hook and post-hook on the model that read
-the tokens and ``attention_mask`` of each call. On exit, exactly those handles are removed, in a
-``finally`` block: a forward pass that raises leaves no tlprobes hook behind, and hooks that were
-there before (the user's, permanent or not) are never removed or reordered.
+One hook is registered per ``(site, layer)`` that any probe needs, plus a forward pre-hook and
+post-hook on the model that read the tokens and ``attention_mask`` of each call
+(:mod:`tlprobes._tl.hooks` adds them and returns handles; :mod:`tlprobes._tl.tokens` reads the
+input). The session routes each activation to the probes that asked for it and merges their pieces
+into a :class:`~tlprobes.Result`. On exit, exactly its handles are removed, in a ``finally``
+block: a forward pass that raises leaves no tlprobes hook behind, and hooks that were there before
+(the user's, permanent or not) are never removed or reordered.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from jaxtyping import Int
 from torch import Tensor
 
-from ._adapter import Adapter, adapter_for
-from ._attn_impl import PATTERN_SITES, Switch, use_fastest
+from ._tl import hooks as _hooks
+from ._tl import tokens as _tokens
+from ._tl.adapter import Adapter, adapter_for
+from ._tl.attn_impl import PATTERN_SITES, Switch, use_fastest
 from ._errors import ArgumentError, InputError, SessionError, choices
 from ._result import Inputs, Result
 from .capture._base import BatchContext, Probe
@@ -93,19 +98,19 @@ class Session:
             for site_layer in probe.plan(self.adapter):
                 self._routes.setdefault(site_layer, []).append(probe)
         self._points = {key: self.adapter.hook_point(*key) for key in self._routes}
-        self._handles: list[tuple[Any, Any]] = []  # (hook point or None, handle)
+        self._handles: list[_hooks.Handle] = []
         self._ctx: BatchContext | None = None
         self._scratch: dict[str, dict[str, Any]] = {}
         self._pieces: dict[str, list[dict[str, Any]]] = {p.name: [] for p in self.probes}
         self._inputs: list[Inputs] = []
         self._unfinished: BatchContext | None = None  # the last batch, before finish_batch
-        self.next_prompts: list[str] | None = None  # set by the runner for clearer errors
+        self._call_prompts: list[str] | None = None  # the prompts of the call :meth:`forward` makes
         self.attached = False
         self._entered = False
         self._thread: int | None = None  # the thread that attached; others' forwards are ignored
         self._in_forward = False
         self._finishing = False
-        self._attn = Switch([])  # the attention kernel of the attached passes (_attn_impl)
+        self._attn = Switch([])  # the attention kernel of the attached passes (_tl.attn_impl)
 
     # ---------------------------------------------------------------- registration
     def __enter__(self) -> Session:
@@ -144,22 +149,13 @@ class Session:
             _ACTIVE.setdefault(id(self.model), []).append(self)
         self._thread = me
         try:
-            self._handles.append(
-                (None, self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
+            pre, post, end = _hooks.add_model_hooks(
+                self.model, pre=self._pre_forward, post=self._post_forward, end=self._end_forward
             )
+            self._handles.append(pre)
             for key, point in self._points.items():
-                fn = self._make_hook(key, self._routes[key])
-                if hasattr(point, "add_hook"):
-                    handle = point.add_hook(fn, dir="fwd")
-                    if handle is None:  # TL 2.x/3.x return nothing; the handle was appended last
-                        handle = point.fwd_hooks[-1]
-                    self._handles.append((point, handle))
-                else:  # a plain module hook (logits on TL 2.18)
-                    self._handles.append((None, point.add(fn)))
-            self._handles.append((None, self.model.register_forward_hook(self._post_forward)))
-            self._handles.append(
-                (None, self.model.register_forward_hook(self._end_forward, always_call=True))
-            )
+                self._handles.append(_hooks.add_hook(point, self._make_hook(key, self._routes[key])))
+            self._handles += [post, end]
             needs = any(site in PATTERN_SITES for site, _ in self._routes)
             self._attn = use_fastest(self.model, needs_pattern=needs)
         except BaseException:
@@ -172,16 +168,7 @@ class Session:
         """Remove exactly the hooks this session added; safe to call twice."""
         handles, self._handles = self._handles, []
         self._attn.restore()
-        errors: list[BaseException] = []
-        for point, handle in reversed(handles):
-            try:
-                if point is None:
-                    handle.remove()
-                else:
-                    handle.hook.remove()
-                    point.fwd_hooks = [h for h in point.fwd_hooks if h is not handle]
-            except BaseException as err:  # keep removing the rest
-                errors.append(err)
+        errors = _hooks.remove_hooks(handles)
         self._ctx = None
         self._in_forward = False
         self.attached = False
@@ -194,6 +181,29 @@ class Session:
         if errors:
             raise errors[0]
         self.finish()
+
+    def forward(
+        self,
+        tokens: Int[Tensor, "batch seq"],
+        attention_mask: Int[Tensor, "batch seq"],
+        *,
+        prompts: list[str] | None = None,
+        **forward_kwargs: Any,
+    ) -> Any:
+        """Call the model on one padded batch (moved to the model's device); ``prompts`` name the
+        rows in error messages. What ``tp.run`` does per batch::
+
+            >>> with tp.attach(model, tp.Residual()) as s:          # doctest: +SKIP
+            ...     s.forward(tokens, mask, prompts=["Mary saw her dog."])
+        """
+        device = self.adapter.meta.device
+        self._call_prompts = prompts
+        try:
+            return self.model(
+                tokens.to(device), attention_mask=attention_mask.to(device), **forward_kwargs
+            )
+        finally:
+            self._call_prompts = None
 
     def finish(self) -> None:
         """Run the probes' deferred per-batch work (e.g. the logit lens) for the last forward call.
@@ -265,14 +275,14 @@ class Session:
                     "full model inside the session, or detach the probes for partial passes"
                 )
         inp = args[0] if args else kwargs.get("input", kwargs.get("tokens"))
-        tokens, mask, prompts = self._read_input(inp, kwargs)
+        tokens, mask, prompts = _tokens.read_model_input(self.adapter, inp, kwargs)
         ctx = BatchContext(
             self.adapter,
             tokens,
             mask,
             store_device=self.device,
             store_dtype=self.dtype,
-            prompts=prompts or self.next_prompts,
+            prompts=prompts or self._call_prompts,
         )
         with torch.no_grad():
             scratch = {p.name: p.new_batch(ctx) for p in self.probes}
@@ -282,38 +292,6 @@ class Session:
                 ctx.positions(spec)
         self._scratch = scratch
         self._ctx = ctx
-
-    def _read_input(self, inp: Any, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor, list[str] | None]:
-        mask = kwargs.get("attention_mask")
-        if isinstance(inp, Tensor):
-            if inp.is_floating_point():
-                raise InputError(
-                    "tlprobes needs token ids (a LongTensor [batch, pos]) or strings as model input, "
-                    f"got a float tensor of shape {tuple(inp.shape)}"
-                )
-            tokens = inp if inp.dim() == 2 else inp.unsqueeze(0)
-            if mask is None:
-                mask = torch.ones_like(tokens, dtype=torch.bool)
-            return tokens, mask.bool(), None
-        if isinstance(inp, str):
-            inp = [inp]
-        if isinstance(inp, list) and inp and all(isinstance(s, str) for s in inp):
-            prepend_bos = kwargs.get("prepend_bos")
-            side = kwargs.get("padding_side") or getattr(self.adapter.tokenizer, "padding_side", "right")
-            bos_kw = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
-            tokens = self.model.to_tokens(inp, padding_side=side, move_to_device=False, **bos_kw)
-            if mask is None:
-                lengths = [len(self.adapter.encode(s, prepend_bos=prepend_bos)) for s in inp]
-                seq = tokens.shape[1]
-                ar = torch.arange(seq)
-                mask = torch.stack(
-                    [(ar >= seq - n) if side == "left" else (ar < n) for n in lengths]
-                )
-            return tokens, mask.bool(), list(inp)
-        raise InputError(
-            f"cannot read model input of type {type(inp).__name__}; valid: a string, a list of "
-            "strings, or token ids (LongTensor [batch, pos])"
-        )
 
     def _end_forward(self, module: Any, args: Any, output: Any) -> None:
         """Runs after every pass, also one that raised: the next pass starts clean."""
@@ -337,7 +315,7 @@ class Session:
                 tokens=ctx.tokens,
                 attention_mask=ctx.mask,
                 prompts=ctx.prompts,
-                decode=_decoder(self.adapter),
+                decode=_tokens.decoder(self.adapter),
             )
         )
         self._scratch = {}
@@ -373,17 +351,6 @@ class Session:
             "attention": self._attn.name,
         }
         return Result(captures, inputs, self.adapter.meta, settings)
-
-
-def _decoder(adapter: Adapter) -> Any:
-    tok = adapter.tokenizer
-    if tok is None:
-        return None
-
-    def decode(ids: list[int]) -> list[str]:
-        return tok.batch_decode([[i] for i in ids])
-
-    return decode
 
 
 def _check_probes(probes: Sequence[Any]) -> tuple[Probe, ...]:

@@ -416,7 +416,7 @@ def word_states(
     """
     import tlprobes as tp
 
-    from .._adapter import adapter_for
+    from .._tl.adapter import adapter_for
 
     _check_pooling(pooling)
     adapter = adapter_for(model)

@@ -83,7 +83,7 @@ def as_states(
     """
     extra: dict[str, Any] = {}
     if type(data).__name__ == "ActivationCache":  # a TransformerLens cache: see tlprobes.from_cache
-        from .._interop import capture_from_cache
+        from .._tl.interop import capture_from_cache
 
         data = capture_from_cache(data, attr, mask=mask)
     if hasattr(data, attr) and not hasattr(data, "shape"):

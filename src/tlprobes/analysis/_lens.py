@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Int, Real
 from scipy.special import log_softmax
 
-from .._adapter import Adapter, adapter_for
+from .._tl.adapter import Adapter, adapter_for
 from .._errors import InputError
 from ._inputs import as_array, as_states, warn_nan
 from ._stats import LayerSummary, layer_summary

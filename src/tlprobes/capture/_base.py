@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from .._adapter import Adapter, Meta
+from .._tl.adapter import Adapter, Meta
 from .._errors import TLProbesError
 from .._result import Inputs, pad_cat
 from ._positions import PositionSpec, resolve_positions

@@ -8,7 +8,7 @@ from typing import Any
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from .._adapter import Meta
+from .._tl.adapter import Meta
 from .._result import Displayable, Inputs
 
 __all__ = ["Captured"]

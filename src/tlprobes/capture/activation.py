@@ -22,7 +22,7 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
-from .._adapter import LAYER_SITES, SITES, Adapter, Meta
+from .._tl.adapter import LAYER_SITES, SITES, Adapter, Meta
 from .._errors import SiteError, choices
 from .._result import Inputs
 from ._base import BatchContext, Probe, cat_pieces

@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from .._adapter import Adapter, Meta
+from .._tl.adapter import Adapter, Meta
 from .._errors import HeadError, InputError, LayerError, TLProbesError, choices
 from .._result import Displayable, Inputs, pad_cat
 from ._base import BatchContext, Probe

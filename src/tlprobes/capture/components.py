@@ -15,7 +15,7 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
-from .._adapter import Adapter, Meta
+from .._tl.adapter import Adapter, Meta
 from .._errors import SiteError, choices
 from .._result import Inputs
 from ._base import BatchContext, Probe, cat_pieces

@@ -38,7 +38,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .._adapter import Adapter, Meta
+from .._tl.adapter import Adapter, Meta
 from .._errors import InputError, ModelError, ResultsError, choices
 from .._result import Displayable, Inputs, pad_cat
 from ._base import BatchContext, Probe

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .._adapter import Adapter, Meta
+from .._tl.adapter import Adapter, Meta
 from .._result import Inputs
 from ._base import BatchContext, Probe, cat_pieces
 from ._capture import Captured

@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .._adapter import Adapter, Meta
+from .._tl.adapter import Adapter, Meta
 from .._errors import TLProbesError, choices
 from .._result import Inputs
 from ._base import BatchContext, Probe, cat_pieces

@@ -182,7 +182,7 @@ def run_suite(
     output = study.compute(ctx)
     t_compute = time.perf_counter() - t_compute
     say(f"tlprobes: computed ({t_compute:.1f} s)")
-    from .._adapter import adapter_for
+    from .._tl.adapter import adapter_for
 
     meta = adapter_for(tl_model).meta.to_dict()
     manifest: dict[str, Any] = {

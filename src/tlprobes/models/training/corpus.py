@@ -5,7 +5,7 @@ suites use can be generated from the same world (every word is in the training v
 carries gold labels (part of speech, and the role of each pronoun: `` her`` as object or
 possessive)::
 
-    >>> from tlprobes.models import generate_document
+    >>> from tlprobes.models.training.corpus import generate_document
     >>> doc = generate_document(seed=3)
     >>> doc.sentences[0].words[0].pos in {"PROPN", "PRON", "DET", "ADJ"}
     True

@@ -18,7 +18,6 @@ Hook names are resolved once per model and cached (the bridge's ``hook_dict`` is
 
 from __future__ import annotations
 
-import importlib.metadata
 import weakref
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,7 +26,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ._errors import InputError, LayerError, ModelError, SiteError, choices
+from .._errors import InputError, LayerError, ModelError, SiteError, choices
+from . import tokens
+from .hooks import ModuleOutputHook
+from .loading import tl_version
 
 __all__ = ["Adapter", "Meta", "adapter_for", "SITES", "LAYER_SITES", "UNSUPPORTED_ARCHITECTURES"]
 
@@ -91,36 +93,12 @@ class Meta:
         return asdict(self)
 
 
-def _tl_version() -> str:
-    try:
-        return importlib.metadata.version("transformer-lens")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkouts
-        return "unknown"
-
-
 def _is_bridge(model: object) -> bool:
     return hasattr(model, "adapter") and hasattr(model, "original_model")
 
 
 def _is_hooked(model: object) -> bool:
     return isinstance(model, torch.nn.Module) and hasattr(model, "hook_dict") and hasattr(model, "cfg")
-
-
-class _ModuleOutputHook:
-    """A forward hook on a plain ``nn.Module`` that behaves like a HookPoint hook.
-
-    Used for the logits of TL 2.18, whose ``unembed`` has no HookPoint.
-    """
-
-    def __init__(self, module: torch.nn.Module, name: str):
-        self.module = module
-        self.name = name
-
-    def add(self, fn: Any) -> Any:
-        def torch_hook(_module: torch.nn.Module, _inputs: Any, output: Tensor) -> None:
-            fn(output, hook=self)
-
-        return self.module.register_forward_hook(torch_hook)
 
 
 class Adapter:
@@ -158,7 +136,7 @@ class Adapter:
         self.meta = Meta(
             model_name=str(getattr(cfg, "model_name", None) or type(model).__name__),
             model_kind="TransformerBridge" if self.is_bridge else "HookedTransformer",
-            tl_version=_tl_version(),
+            tl_version=tl_version(),
             mode=mode,
             dtype=str(param.dtype).replace("torch.", "") if param is not None else "unknown",
             device=str(param.device) if param is not None else "cpu",
@@ -233,7 +211,7 @@ class Adapter:
         if name in self._hook_dict:
             point = self._hook_dict[name]
         elif site == "logits" and hasattr(self.model, "unembed"):
-            point = _ModuleOutputHook(self.model.unembed, "unembed")  # TL 2.18 has no unembed HookPoint
+            point = ModuleOutputHook(self.model.unembed, "unembed")  # TL 2.18 has no unembed HookPoint
         elif site == "pos_embed":
             raise SiteError(
                 f"site 'pos_embed' does not exist on {self.meta.model_name} (positional embedding "
@@ -387,6 +365,17 @@ class Adapter:
         h = self.ln_final(x) if apply_ln else x
         return self.output_transform(self.unembed(h))
 
+    # ------------------------------------------------------------------ forward
+    def forward_keywords(self) -> list[str]:
+        """The keywords the model's ``forward`` names (``**kwargs`` excluded)."""
+        import inspect
+
+        try:
+            params = inspect.signature(self.model.forward).parameters
+        except (TypeError, ValueError):  # pragma: no cover - an unintrospectable forward
+            return []
+        return [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+
     # ------------------------------------------------------------------ tokens
     @property
     def tokenizer(self) -> Any:
@@ -403,12 +392,7 @@ class Adapter:
 
     def encode(self, text: str, *, prepend_bos: bool | None = None) -> list[int]:
         """Token ids of one prompt, as the model's own ``to_tokens`` makes them."""
-        self.require_tokenizer(f"the string {text[:40]!r}")
-        kwargs: dict[str, Any] = {}
-        if prepend_bos is not None:
-            kwargs["prepend_bos"] = prepend_bos
-        ids = self.model.to_tokens(text, truncate=False, move_to_device=False, **kwargs)
-        return [int(i) for i in ids[0].tolist()]
+        return tokens.encode(self, text, prepend_bos=prepend_bos)
 
     def encode_word(self, word: str) -> list[int]:
         """Ids of a word *inside* a text (no BOS): ``" her"`` keeps its leading space."""
@@ -441,7 +425,7 @@ def _refuse_unsupported(model: Any) -> None:
     if dtypes is None or dtype in dtypes:
         raise ModelError(
             f"architecture {model_type!r} in {dtype} is not supported by tlprobes on "
-            f"TransformerLens {_tl_version()}: {reason}. See the README's 'Tested model families'"
+            f"TransformerLens {tl_version()}: {reason}. See the README's 'Tested model families'"
         )
 
 

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._adapter import Meta, adapter_for
-from ._errors import InputError, choices
-from ._result import Inputs, Result
+from .adapter import Meta, adapter_for
+from .._errors import InputError, choices
+from .._result import Inputs, Result
 
 __all__ = ["from_cache", "is_activation_cache", "capture_from_cache"]
 
@@ -163,10 +163,10 @@ def from_cache(
         n_heads=int(pattern.shape[2]) if pattern is not None else 0, d_vocab=0, n_ctx=seq,
         normalization="unknown",
     )
-    from .capture._positions import resolve_positions
-    from .capture.attention import AttentionCapture
-    from .capture.components import ComponentsCapture
-    from .capture.residual import ResidualCapture
+    from ..capture._positions import resolve_positions
+    from ..capture.attention import AttentionCapture
+    from ..capture.components import ComponentsCapture
+    from ..capture.residual import ResidualCapture
 
     positions, valid = resolve_positions("all", inputs.tokens, am)
     common = dict(positions=positions, mask=valid, inputs=inputs, meta=meta)
