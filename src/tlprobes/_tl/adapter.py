@@ -31,7 +31,16 @@ from . import tokens
 from .hooks import ModuleOutputHook
 from .loading import tl_version
 
-__all__ = ["Adapter", "Meta", "adapter_for", "SITES", "LAYER_SITES", "UNSUPPORTED_ARCHITECTURES"]
+__all__ = [
+    "Adapter",
+    "Meta",
+    "adapter_for",
+    "check_site",
+    "is_hook_name",
+    "SITES",
+    "LAYER_SITES",
+    "UNSUPPORTED_ARCHITECTURES",
+]
 
 #: HF ``model_type`` -> (dtypes it fails in, or ``None`` for all; why tlprobes refuses it):
 #: TransformerLens 4.3's bridge cannot run it, or its numbers differ from Hugging Face's before
@@ -65,11 +74,37 @@ _SITE_NAMES: dict[str, str] = {
     "attn_out": "blocks.{l}.hook_attn_out",
     "mlp_out": "blocks.{l}.hook_mlp_out",
     "pattern": "blocks.{l}.attn.hook_pattern",
+    "z": "blocks.{l}.attn.hook_z",
     "ln_final_scale": "ln_final.hook_scale",
     "logits": "unembed.hook_out",
 }
 SITES: tuple[str, ...] = tuple(_SITE_NAMES)
 LAYER_SITES: frozenset[str] = frozenset(s for s, n in _SITE_NAMES.items() if "{l}" in n)
+
+
+def is_hook_name(site: str) -> bool:
+    """Whether ``site`` is spelled as a TL hook name (``"blocks.0.mlp.hook_post"``, ``"hook_embed"``)
+    rather than a canonical site; TL's hook-name syntax is known here alone.
+
+    >>> is_hook_name("blocks.0.mlp.hook_post"), is_hook_name("resid_mid")
+    (True, False)
+    """
+    return "." in site or site.startswith("hook_")
+
+
+def check_site(site: Any) -> str:
+    """``site`` if it is a canonical site or spelled as a TL hook name, else :class:`SiteError`.
+
+    Needs no model: the hook name itself is checked against the model at attach time.
+
+    >>> check_site("attn_out")
+    'attn_out'
+    """
+    if not isinstance(site, str) or not site:
+        raise SiteError(f"site must be a non-empty str, got {site!r}; valid: {choices(SITES)}")
+    if site not in SITES and not is_hook_name(site):
+        raise SiteError(f"unknown site {site!r}; valid sites: {choices(SITES)}, or a TL hook name")
+    return site
 
 
 @dataclass(frozen=True)
@@ -188,6 +223,15 @@ class Adapter:
             layers = [layers]
         return tuple(sorted({self.layer(lay) for lay in layers}))
 
+    def site_layers(self, site: str, layers: Any = None) -> tuple[int | None, ...]:
+        """The layers ``site`` is read at: validated block indices for a block site, ``(None,)``
+        for a global site or a TL hook name (checked against the model now)."""
+        if site in LAYER_SITES:
+            return self.layers(layers)
+        if site not in SITES:
+            self.raw_hook_point(site)  # validate the name now
+        return (None,)
+
     def hook_name(self, site: str, layer: int | None = None) -> str:
         """The HookedTransformer-style hook name of ``site`` (at ``layer`` for block sites)."""
         if site not in _SITE_NAMES:
@@ -203,8 +247,8 @@ class Adapter:
         key = (site, layer)
         if key in self._cache:
             return self._cache[key]
-        if site.startswith("@"):  # a raw TL hook name
-            point = self._cache[key] = self.raw_hook_point(site[1:])
+        if site not in _SITE_NAMES and is_hook_name(site):  # a TL hook name
+            point = self._cache[key] = self.raw_hook_point(site)
             return point
         name = self.hook_name(site, layer)
         point: Any

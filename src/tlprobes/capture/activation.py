@@ -22,8 +22,8 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
-from .._tl.adapter import LAYER_SITES, SITES, Adapter, Meta
-from .._errors import SiteError, choices
+from .._errors import SiteError
+from .._tl.adapter import Adapter, Meta, check_site
 from .._result import Inputs
 from ._base import BatchContext, Probe, cat_pieces
 from ._capture import Captured
@@ -65,26 +65,17 @@ class Activation(Probe):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "positions", check_spec(self.positions))
-        if not isinstance(self.site, str) or not self.site:
-            raise SiteError(f"site must be a non-empty str, got {self.site!r}; valid: {choices(SITES)}")
-        if "." not in self.site and not self.site.startswith("hook_") and self.site not in SITES:
-            raise SiteError(f"unknown site {self.site!r}; valid sites: {choices(SITES)}, or a TL hook name")
+        check_site(self.site)  # the adapter knows site names and TL's hook-name syntax
         if self.site in ("pattern",):
             raise SiteError("use tp.Attention for attention patterns (site 'pattern')")
 
     def _rows(self, adapter: Adapter) -> tuple[int, ...]:
         """The layers this probe reads (one row, 0, for a global site or a raw hook name)."""
-        if self.site in LAYER_SITES:
-            return adapter.layers(self.layers)
-        return (0,)
+        rows = adapter.site_layers(self.site, self.layers)
+        return tuple(0 if layer is None else layer for layer in rows)
 
     def plan(self, adapter: Adapter) -> list[tuple[str, int | None]]:
-        if self.site in LAYER_SITES:
-            return [(self.site, l) for l in self._rows(adapter)]
-        if self.site in SITES:
-            return [(self.site, None)]
-        adapter.raw_hook_point(self.site)  # validate the name now
-        return [("@" + self.site, None)]
+        return [(self.site, layer) for layer in adapter.site_layers(self.site, self.layers)]
 
     def new_batch(self, ctx: BatchContext) -> dict[Any, Any]:
         return {"layers": self._rows(ctx.adapter)}

@@ -290,8 +290,7 @@ class HeadSteps(Probe):
         n = adapter.n_layers
         sites: list[tuple[str, int | None]] = []
         for l in range(n):
-            z = f"@blocks.{l}.attn.hook_z"
-            sites += [("resid_pre", l), (z, l), ("attn_out", l), ("mlp_out", l)]
+            sites += [("resid_pre", l), ("z", l), ("attn_out", l), ("mlp_out", l)]
         sites.append(("resid_post", n - 1))
         if self.dla is not None and adapter.normalization not in ("None", "none"):
             sites.append(("ln_final_scale", None))
@@ -386,7 +385,7 @@ class HeadSteps(Probe):
                 g = self._directions(scratch, ctx, x)
                 scratch["dla_embed_raw"] = (x.float() * g).sum(-1).double()
             return
-        if site.startswith("@"):  # hook_z: [batch, slot, head, d_head] -> each head's output
+        if site == "z":  # hook_z: [batch, slot, head, d_head] -> each head's output
             W_O = _w_o(ctx.adapter, int(layer))  # type: ignore[arg-type]
             st["heads"] = torch.einsum("bkhd,hdm->bkhm", x, W_O.to(x.device, x.dtype))
             return
