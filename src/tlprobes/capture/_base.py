@@ -16,7 +16,7 @@ merges pieces across batches (``merge``) into its capture (``finalize``)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,13 +26,23 @@ from torch import Tensor
 from .._tl.adapter import Adapter, Meta
 from .._errors import TLProbesError
 from .._result import Inputs, pad_cat
-from ._positions import PositionSpec, resolve_positions
+from ._positions import BatchPositions, PositionSpec
 
-__all__ = ["Probe", "BatchContext", "cat_pieces"]
+__all__ = ["Probe", "BatchContext", "Buffer", "cat_pieces"]
+
+
+@dataclass(eq=False)
+class Buffer:
+    """A ``[rows, ...]`` capture buffer of one batch and the rows written into it so far."""
+
+    data: Tensor
+    filled: set[int] = field(default_factory=set)
 
 
 class BatchContext:
-    """What a probe knows about the forward pass in flight: tokens, mask, and resolved positions."""
+    """What a probe knows about the forward pass in flight: tokens, mask, its position selectors
+    (:attr:`selection`, a :class:`~tlprobes.capture._positions.BatchPositions`) and where
+    captures are stored (:meth:`put` / :meth:`take`)."""
 
     def __init__(
         self,
@@ -50,8 +60,9 @@ class BatchContext:
         self.store_device = store_device
         self.store_dtype = store_dtype
         self.prompts = prompts
-        self._positions: dict[Any, tuple[Tensor, Tensor]] = {}
-        self._index: dict[tuple[Any, torch.device, torch.Size], Tensor] = {}
+        self.selection = BatchPositions(
+            self.tokens, self.mask, encode_word=adapter.encode_word, describe=self.describe
+        )
         self._async = False
 
     def describe(self, b: int) -> str:
@@ -61,33 +72,11 @@ class BatchContext:
 
     def positions(self, spec: PositionSpec) -> tuple[Int[Tensor, "batch k"], Bool[Tensor, "batch k"]]:
         """Resolve (and cache) a position selector for this batch."""
-        key = spec if not isinstance(spec, list) else tuple(spec)
-        if key not in self._positions:
-            self._positions[key] = resolve_positions(
-                spec,
-                self.tokens,
-                self.mask,
-                encode_word=self.adapter.encode_word,
-                describe=self.describe,
-            )
-        return self._positions[key]
-
-    def _gather_index(self, t: Tensor, spec: PositionSpec) -> Tensor:
-        """The ``gather`` index along dim 1 of ``t`` for a selector (cached per batch and device)."""
-        key = (spec if not isinstance(spec, list) else tuple(spec), t.device, t.shape[2:])
-        idx = self._index.get(key)
-        if idx is None:
-            pos, _ = self.positions(spec)
-            idx = pos.clamp(min=0).to(t.device)
-            idx = idx.view(*idx.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
-            self._index[key] = idx
-        return idx
+        return self.selection.resolve(spec)
 
     def select(self, t: Tensor, spec: PositionSpec) -> Tensor:
         """Keep only the selected positions of ``t`` (``[batch, seq, ...]`` -> ``[batch, k, ...]``)."""
-        if isinstance(spec, str) and spec == "all":
-            return t
-        return t.gather(1, self._gather_index(t, spec))
+        return self.selection.select(t, spec)
 
     def put_selected(
         self, scratch: dict[Any, Any], key: str, index: int, rows: int, t: Tensor, spec: PositionSpec
@@ -98,14 +87,14 @@ class BatchContext:
         buf = scratch.get(key)
         if (
             buf is None
-            or buf.device != t.device
-            or buf.dtype != t.dtype
+            or buf.data.device != t.device
+            or buf.data.dtype != t.dtype
             or (isinstance(spec, str) and spec == "all")
         ):
             self.put(scratch, key, index, rows, self.select(t, spec))
             return
-        torch.gather(t.detach(), 1, self._gather_index(t, spec), out=buf[index])
-        scratch[key + "/filled"].add(index)
+        torch.gather(t.detach(), 1, self.selection.gather_index(t, spec), out=buf.data[index])
+        buf.filled.add(index)
 
     def store(self, t: Tensor) -> Tensor:
         """Detach and move a capture to where results live (CPU by default)."""
@@ -115,7 +104,8 @@ class BatchContext:
         return t
 
     def put(self, scratch: dict[Any, Any], key: str, index: int, rows: int, x: Tensor) -> None:
-        """Copy ``x`` into row ``index`` of a ``[rows, *x.shape]`` buffer kept in ``scratch``.
+        """Copy ``x`` into row ``index`` of a ``[rows, *x.shape]`` :class:`Buffer` kept in
+        ``scratch[key]``.
 
         The buffer lives where results live (pinned host memory when the model is on a GPU, so
         the copy overlaps the forward pass); no per-layer tensors are stacked (copied) later.
@@ -124,17 +114,17 @@ class BatchContext:
         if buf is None:
             device = torch.device(self.store_device) if self.store_device is not None else x.device
             pin = x.is_cuda and device.type == "cpu"
-            buf = torch.empty((rows, *x.shape), dtype=self.store_dtype or x.dtype, device=device,
-                              pin_memory=pin)
-            scratch[key] = buf
-            scratch[key + "/filled"] = set()
+            data = torch.empty((rows, *x.shape), dtype=self.store_dtype or x.dtype, device=device,
+                               pin_memory=pin)
+            buf = scratch[key] = Buffer(data)
             self._async = self._async or pin
-        buf[index].copy_(x.detach(), non_blocking=buf.is_pinned())
-        scratch[key + "/filled"].add(index)
+        buf.data[index].copy_(x.detach(), non_blocking=buf.data.is_pinned())
+        buf.filled.add(index)
 
     def take(self, scratch: dict[Any, Any], key: str, rows: int, what: str) -> Tensor:
         """The buffer filled by :meth:`put`, after checking every row arrived."""
-        filled = scratch.get(key + "/filled", set())
+        buf = scratch.get(key)
+        filled = buf.filled if buf is not None else set()
         if len(filled) != rows:
             missing = sorted(set(range(rows)) - filled)[:4]
             raise TLProbesError(
@@ -143,7 +133,7 @@ class BatchContext:
             )
         if self._async:
             torch.cuda.synchronize()
-        return scratch[key]
+        return buf.data
 
 
 def cat_pieces(pieces: list[dict[Any, Any]], layout: dict[str, tuple[int, tuple[int, ...], Any]]) -> dict[Any, Any]:

@@ -38,7 +38,8 @@ from torch import Tensor
 from .._errors import PositionError, choices
 
 __all__ = [
-    "Target", "PositionSpec", "check_spec", "resolve_positions", "target_indices", "word_spans",
+    "BatchPositions", "Target", "PositionSpec", "check_spec", "resolve_positions", "target_indices",
+    "word_spans",
 ]
 
 _OCCURRENCES = ("first", "last", "all")
@@ -317,3 +318,60 @@ def resolve_positions(
     for b, r in enumerate(rows):
         pos[b, : len(r)] = torch.tensor(r, dtype=torch.long)
     return pos, pos >= 0
+
+
+class BatchPositions:
+    """The selectors of one batch: each resolved once (cached), and the gather that applies them.
+
+    >>> tokens = torch.tensor([[5, 6, 7], [8, 9, 0]])
+    >>> sel = BatchPositions(tokens, tokens != 0)
+    >>> sel.resolve("last")[0].tolist()
+    [[2], [1]]
+    >>> sel.select(torch.arange(6.0).view(2, 3, 1), "last").flatten().tolist()
+    [2.0, 4.0]
+    """
+
+    def __init__(
+        self,
+        tokens: Int[Tensor, "batch seq"],
+        mask: Bool[Tensor, "batch seq"],
+        *,
+        encode_word: Any = None,
+        describe: Any = None,
+    ):
+        self.tokens = tokens
+        self.mask = mask.bool()
+        self.encode_word = encode_word
+        self.describe = describe
+        self._resolved: dict[Any, tuple[Tensor, Tensor]] = {}
+        self._index: dict[tuple[Any, torch.device, torch.Size], Tensor] = {}
+
+    @staticmethod
+    def _key(spec: PositionSpec) -> Any:
+        return spec if not isinstance(spec, list) else tuple(spec)
+
+    def resolve(self, spec: PositionSpec) -> tuple[Int[Tensor, "batch k"], Bool[Tensor, "batch k"]]:
+        """``(positions, valid)`` of a selector for this batch (see :func:`resolve_positions`)."""
+        key = self._key(spec)
+        if key not in self._resolved:
+            self._resolved[key] = resolve_positions(
+                spec, self.tokens, self.mask, encode_word=self.encode_word, describe=self.describe
+            )
+        return self._resolved[key]
+
+    def gather_index(self, t: Tensor, spec: PositionSpec) -> Tensor:
+        """The ``gather`` index along dim 1 of ``t`` for a selector (cached per device and shape)."""
+        key = (self._key(spec), t.device, t.shape[2:])
+        idx = self._index.get(key)
+        if idx is None:
+            pos, _ = self.resolve(spec)
+            idx = pos.clamp(min=0).to(t.device)
+            idx = idx.view(*idx.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
+            self._index[key] = idx
+        return idx
+
+    def select(self, t: Tensor, spec: PositionSpec) -> Tensor:
+        """Keep only the selected positions of ``t`` (``[batch, seq, ...]`` -> ``[batch, k, ...]``)."""
+        if isinstance(spec, str) and spec == "all":
+            return t
+        return t.gather(1, self.gather_index(t, spec))
