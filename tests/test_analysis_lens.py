@@ -202,7 +202,7 @@ def test_capture_lens_uses_the_models_own_norm(model):
     res = tp.run(model, PROMPTS, tp.Residual(), tp.LogitLens(top_k=2), batch_size=2)
     lens = res.logit_lens
     tg = lens.target_ids
-    W_U, b_U = model.W_U.detach(), tp.adapter_for(model).b_U.detach()
+    W_U, b_U = model.W_U.detach(), tp.adapter_for(model).unembed_bias.detach()
     mine = logit_lens(res.residual, W_U, b_U, targets=tg)
     m = lens.mask.numpy()
     np.testing.assert_allclose(mine.target_logprob[:, m], lens.target_logprob[:, m].numpy(),

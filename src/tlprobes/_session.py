@@ -154,7 +154,7 @@ class Session:
             )
             self._handles.append(pre)
             for key, point in self._points.items():
-                self._handles.append(_hooks.add_hook(point, self._make_hook(key, self._routes[key])))
+                self._handles.append(_hooks.add(point, self._make_hook(key, self._routes[key])))
             self._handles += [post, end]
             needs = any(site in PATTERN_SITES for site, _ in self._routes)
             self._attn = use_fastest(self.model, needs_pattern=needs)

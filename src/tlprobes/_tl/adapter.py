@@ -36,6 +36,8 @@ __all__ = [
     "Meta",
     "adapter_for",
     "check_site",
+    "is_tl_model",
+    "model_name",
     "is_hook_name",
     "SITES",
     "LAYER_SITES",
@@ -126,6 +128,16 @@ class Meta:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def is_tl_model(obj: object) -> bool:
+    """Whether ``obj`` is a TransformerLens model (a HookedTransformer or a TransformerBridge)."""
+    return _is_bridge(obj) or _is_hooked(obj)
+
+
+def model_name(model: Any, fallback: str = "model") -> str:
+    """The name a model records (``cfg.model_name``), without building an adapter."""
+    return str(getattr(getattr(model, "cfg", None), "model_name", None) or fallback)
 
 
 def _is_bridge(model: object) -> bool:
@@ -283,17 +295,38 @@ class Adapter:
             )
         return self._hook_dict[name]
 
-    # ------------------------------------------------------------------ unembedding
+    # ------------------------------------------------------------------ weights
     @property
-    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+    def unembed_weight(self) -> Float[Tensor, "d_model d_vocab"]:
+        """The unembedding matrix ``W_U`` (the model's own tensor; detach before use)."""
         return self.model.W_U
 
     @property
-    def b_U(self) -> Float[Tensor, " d_vocab"]:
+    def unembed_bias(self) -> Float[Tensor, " d_vocab"]:
+        """The unembedding bias ``b_U`` (zeros when the model has none)."""
         b = getattr(self.model, "b_U", None)
         if b is None:
-            return torch.zeros(self.d_vocab, dtype=self.W_U.dtype, device=self.W_U.device)
+            W_U = self.unembed_weight
+            return torch.zeros(self.d_vocab, dtype=W_U.dtype, device=W_U.device)
         return b
+
+    @property
+    def embed_weight(self) -> Float[Tensor, "d_vocab d_model"]:
+        """The token embedding matrix ``W_E`` (the model's own tensor; detach before use).
+
+        >>> adapter_for(tp.load_model()).embed_weight.shape
+        torch.Size([1536, 128])
+        """
+        return self.model.W_E
+
+    def attn_out_weight(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
+        """``W_O`` of block ``layer``, ``[head, d_head, d_model]``: one slice per *query* head
+        (grouped-query attention needs nothing special: ``hook_z`` has one row per query head)."""
+        return self.model.blocks[self.layer(layer)].attn.W_O
+
+    def attn_out_bias(self, layer: int) -> Float[Tensor, " d_model"] | None:
+        """``b_O`` of block ``layer`` (``None`` when the model has none)."""
+        return getattr(self.model.blocks[self.layer(layer)].attn, "b_O", None)
 
     # ------------------------------------------------------------------ readout
     def _final_modules(self) -> tuple[Any, Any]:
@@ -342,13 +375,13 @@ class Adapter:
         p = next(iter(module.parameters()), None) if module is not None else None
         return x if p is None else x.to(device=p.device, dtype=p.dtype)
 
-    def ln_final(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
+    def final_norm(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
         """The model's own final normalisation applied to ``x`` (fresh statistics, no hook fires).
 
         Calls the model's module itself (the HF module on a bridge, TL's module code on a
         HookedTransformer), so every flag of the model is honoured (``(1 + w)`` offset RMSNorm,
         biases, eps) and float16/bfloat16 statistics are computed in float32 as the model does.
-        At the last layer, ``readout(ln_final)`` equals the model's logits (tested per family).
+        At the last layer, ``readout(x)`` equals the model's logits (tested per family).
         """
         ln, _ = self._final_modules()
         if ln is None:  # the model has no final norm
@@ -357,7 +390,7 @@ class Adapter:
         y = ln(self._as_input(ln, x).reshape(-1, 1, shape[-1]))  # modules expect [b, p, d]
         return y.reshape(shape)
 
-    def unembed(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_vocab"]:
+    def apply_unembed(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_vocab"]:
         """The model's own unembedding module (``W_U``, ``b_U``) applied to ``x``; no hook fires.
 
         No final-logit transform: :meth:`readout` adds it.
@@ -366,6 +399,12 @@ class Adapter:
         shape = x.shape
         y = un(self._as_input(un, x).reshape(-1, 1, shape[-1]))
         return y.reshape(*shape[:-1], y.shape[-1])
+
+    #: TL's names for the two modules (``model.ln_final``, ``model.unembed``), kept on the adapter
+    #: so that a check can set the adapter beside the model it mirrors, as the capture oracle
+    #: tests do. The package itself calls :meth:`final_norm` / :meth:`apply_unembed`.
+    ln_final = final_norm
+    unembed = apply_unembed
 
     def output_transform(
         self, logits: Float[Tensor, "*batch d_vocab"]
@@ -406,8 +445,8 @@ class Adapter:
 
         >>> logits = adapter_for(model).readout(resid_post_last)   # doctest: +SKIP
         """
-        h = self.ln_final(x) if apply_ln else x
-        return self.output_transform(self.unembed(h))
+        h = self.final_norm(x) if apply_ln else x
+        return self.output_transform(self.apply_unembed(h))
 
     # ------------------------------------------------------------------ forward
     def forward_keywords(self) -> list[str]:
@@ -422,11 +461,18 @@ class Adapter:
 
     # ------------------------------------------------------------------ tokens
     @property
-    def tokenizer(self) -> Any:
+    def hf_tokenizer(self) -> Any:
+        """The model's Hugging Face tokenizer, or ``None``."""
         return getattr(self.model, "tokenizer", None)
 
+    @property
+    def bos_token_id(self) -> int | None:
+        """The tokenizer's BOS id, or ``None`` (no tokenizer, or no BOS token)."""
+        bos = getattr(self.hf_tokenizer, "bos_token_id", None)
+        return None if bos is None else int(bos)
+
     def require_tokenizer(self, why: str) -> Any:
-        tok = self.tokenizer
+        tok = self.hf_tokenizer
         if tok is None:
             raise InputError(
                 f"{why} needs a tokenizer, but {self.meta.model_name} has none; pass token ids "
@@ -443,7 +489,7 @@ class Adapter:
         return self.encode(word, prepend_bos=False)
 
     def pad_token_id(self) -> int:
-        tok = self.tokenizer
+        tok = self.hf_tokenizer
         for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
             val = getattr(tok, attr, None) if tok is not None else None
             if val is not None:
@@ -451,7 +497,7 @@ class Adapter:
         return 0
 
     def str_tokens(self, ids: list[int]) -> list[str]:
-        tok = self.tokenizer
+        tok = self.hf_tokenizer
         if tok is None:
             return [str(i) for i in ids]
         return [tok.decode([i]) for i in ids]

@@ -9,7 +9,7 @@ own ``reset_hooks`` never sees a stale entry. TL 2.18's ``unembed`` has no HookP
     >>> from tlprobes._tl.adapter import adapter_for
     >>> model = tp.load_model("default")
     >>> seen = []
-    >>> handle = add_hook(adapter_for(model).hook_point("resid_post", 0),
+    >>> handle = add(adapter_for(model).hook_point("resid_post", 0),
     ...                   lambda t, hook=None: seen.append(tuple(t.shape)))
     >>> _ = model(model.to_tokens("Mary saw her dog."))
     >>> remove_hooks([handle])
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Handle", "ModuleOutputHook", "add_hook", "add_model_hooks", "remove_hooks"]
+__all__ = ["Handle", "ModuleOutputHook", "add", "add_model_hooks", "remove_hooks"]
 
 #: the signature of a hook: ``fn(activation, hook=point)``; its return value is ignored
 HookFn = Callable[..., Any]
@@ -68,7 +68,7 @@ class Handle:
         self.point.fwd_hooks = [h for h in self.point.fwd_hooks if h is not self.handle]
 
 
-def add_hook(point: Any, fn: HookFn) -> Handle:
+def add(point: Any, fn: HookFn) -> Handle:
     """Add ``fn`` as a forward hook on ``point`` (a HookPoint or :class:`ModuleOutputHook`)."""
     if isinstance(point, ModuleOutputHook):
         return Handle(None, point.add(fn))

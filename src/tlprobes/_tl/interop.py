@@ -149,7 +149,7 @@ def from_cache(
             raise InputError(f"mask must be bool or 0/1 of shape [batch, pos] = {(batch, seq)}; "
                              f"got {tuple(am.shape)}")
         am = am.bool()
-    decode = adapter.str_tokens if adapter is not None and adapter.tokenizer is not None else None
+    decode = adapter.str_tokens if adapter is not None and adapter.hf_tokenizer is not None else None
     inputs = Inputs(
         tokens=tokens if tokens is not None else torch.zeros(batch, seq, dtype=torch.long),
         attention_mask=am,

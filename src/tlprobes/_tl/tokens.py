@@ -204,7 +204,7 @@ def read_model_input(
         inp = [inp]
     if isinstance(inp, list) and inp and all(isinstance(s, str) for s in inp):
         prepend_bos = kwargs.get("prepend_bos")
-        side = kwargs.get("padding_side") or getattr(adapter.tokenizer, "padding_side", "right")
+        side = kwargs.get("padding_side") or getattr(adapter.hf_tokenizer, "padding_side", "right")
         bos_kw = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
         tokens = adapter.model.to_tokens(inp, padding_side=side, move_to_device=False, **bos_kw)
         if mask is None:
@@ -223,7 +223,7 @@ def read_model_input(
 
 def decoder(adapter: Adapter) -> Any:
     """Token id list -> strings with the model's tokenizer (``None`` when it has none)."""
-    tok = adapter.tokenizer
+    tok = adapter.hf_tokenizer
     if tok is None:
         return None
 

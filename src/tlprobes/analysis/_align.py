@@ -420,7 +420,7 @@ def word_states(
 
     _check_pooling(pooling)
     adapter = adapter_for(model)
-    tok = _fast(adapter.tokenizer, str(adapter.meta.model_name))
+    tok = _fast(adapter.hf_tokenizer, str(adapter.meta.model_name))
     seqs, spans, sent_ids, skipped = [], [], [], {}
 
     def skip(why: str, n: int = 1) -> None:

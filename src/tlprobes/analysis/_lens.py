@@ -26,9 +26,10 @@ import torch
 from jaxtyping import Int, Real
 from scipy.special import log_softmax
 
-from .._tl.adapter import Adapter, adapter_for
 from .._errors import InputError
+from .._tl.adapter import Adapter, adapter_for, is_tl_model
 from ._inputs import as_array, as_states, warn_nan
+from ._norm import LN_WORDS, layer_norm
 from ._stats import LayerSummary, layer_summary
 from ._tables import FrameMixin, long_frame
 
@@ -77,44 +78,21 @@ class LogitLensResult(FrameMixin):
         return long_frame(cols, layers=self.layers)
 
 
-_LN_WORDS = ("parameter-free", "identity")
-
-
-def _layer_norm(x: np.ndarray, ln: Any, eps: float) -> np.ndarray:
-    if isinstance(ln, str):
-        if ln == "identity":
-            return x
-        xc = x - x.mean(-1, keepdims=True)
-        return xc / np.sqrt((xc**2).mean(-1, keepdims=True) + eps)
-    if callable(ln):
-        if isinstance(ln, torch.nn.Module):
-            p = next(iter(ln.parameters()), None)
-            dt = p.dtype if p is not None else torch.float32
-            with torch.no_grad():
-                return as_array(ln(torch.as_tensor(x, dtype=dt)))
-        with torch.no_grad():
-            return as_array(ln(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))))
-    xc = x - x.mean(-1, keepdims=True)
-    y = xc / np.sqrt((xc**2).mean(-1, keepdims=True) + eps)
-    w, b = ln
-    return y * as_array(w) + (0.0 if b is None else as_array(b))
-
-
 def _resolve_norm(ln: Any, model: Any, carried: Any) -> tuple[Any, str]:
     """The final norm to use and its description; None when none is known."""
     if isinstance(ln, str):
-        if ln not in _LN_WORDS:
+        if ln not in LN_WORDS:
             raise InputError(f"unknown ln {ln!r}; valid: None (the model's own), "
-                             f"{', '.join(map(repr, _LN_WORDS))}, a (weight, bias) pair or a "
+                             f"{', '.join(map(repr, LN_WORDS))}, a (weight, bias) pair or a "
                              "callable")
         return ln, ln
     if ln is not None:
-        if hasattr(ln, "cfg") and hasattr(ln, "W_U"):  # a TL model passed as the norm
+        if is_tl_model(ln):  # a TL model passed as the norm
             model, ln = ln, None
         else:
             return ln, "callable" if callable(ln) else "weight,bias"
     if model is not None:
-        return adapter_for(model).ln_final, "the model's final norm (adapter ln_final)"
+        return adapter_for(model).final_norm, "the model's final norm (adapter ln_final)"
     if carried is not None:
         return carried, "the model's final norm (carried with the capture)"
     return None, "none"
@@ -206,7 +184,7 @@ def logit_lens(
     if model is not None and ln is None and W_U is None:
         # the model's own readout: its final norm, unembedding and final-logit transform
         ad = adapter_for(model)
-        readout, W_U, b_U = ad.readout, ad.W_U.detach(), None
+        readout, W_U, b_U = ad.readout, ad.unembed_weight.detach(), None
     norm, norm_name = (None, "the model's readout") if readout is not None else _resolve_norm(
         ln, model, st.final_norm)
     final_ln = st.meta.get("final_state") == "ln_f"
@@ -246,7 +224,7 @@ def logit_lens(
                 with torch.no_grad():
                     z = as_array(readout(torch.as_tensor(x), apply_ln=norm_here).double())
             else:
-                z = (_layer_norm(x, norm, eps) if norm_here else x) @ W + b
+                z = (layer_norm(x, norm, eps) if norm_here else x) @ W + b
             lp = log_softmax(z, axis=-1)
             lps.append(lp)
             part = np.argpartition(-z, k - 1, axis=-1)[:, :k]

@@ -230,14 +230,14 @@ def _final_norm_linear(adapter: Adapter) -> tuple[bool, Tensor | None, Tensor | 
         return False, None, None
     centre = kind in ("LN", "LNPre")
     d = adapter.d_model
-    W_U = adapter.W_U
+    W_U = adapter.unembed_weight
     with torch.no_grad():
         zero = torch.zeros(1, d, dtype=torch.float32, device=W_U.device)
-        b = adapter.ln_final(zero)[0].float()
+        b = adapter.final_norm(zero)[0].float()
         c = 100.0 * d**0.5
         eye = torch.eye(d, dtype=torch.float32, device=W_U.device) * c
         probes = eye - eye.roll(1, dims=1) if centre else eye
-        out = adapter.ln_final(probes).float().diagonal()
+        out = adapter.final_norm(probes).float().diagonal()
         w = (out - b) * ((2.0 if centre else 1.0) / d) ** 0.5
     return centre, w, b
 
@@ -358,7 +358,7 @@ class HeadSteps(Probe):
         g = scratch.get("g")
         if g is None:
             centre, w, _ = self._norm(scratch, ctx)
-            W_U = ctx.adapter.W_U.detach()
+            W_U = ctx.adapter.unembed_weight.detach()
             g = W_U[:, scratch["target"].to(W_U.device)].permute(1, 2, 0)
             g = g.to(like.device, torch.float32)
             if w is not None:
@@ -520,9 +520,9 @@ class HeadSteps(Probe):
     def _dla_const(self, scratch: dict[Any, Any], ctx: BatchContext) -> Tensor:
         """``<b_norm, W_U[:, t]> + b_U[t]``: the part of the target's logit no component writes."""
         _, _, b = self._norm(scratch, ctx)
-        W_U = ctx.adapter.W_U.detach()
+        W_U = ctx.adapter.unembed_weight.detach()
         t = scratch["target"].to(W_U.device)
-        const = ctx.adapter.b_U.detach()[t].double()
+        const = ctx.adapter.unembed_bias.detach()[t].double()
         if b is not None:
             const = const + (b.detach().to(W_U.dtype) @ W_U)[t].double()
         return const
@@ -532,12 +532,12 @@ class HeadSteps(Probe):
         column."""
         ad = ctx.adapter
         x_fin = scratch["x_final"].float()  # [batch, slot, d]
-        W_U = ad.W_U.detach()
+        W_U = ad.unembed_weight.detach()
         t = scratch["target"].to(W_U.device)
         cols = W_U[:, t].permute(1, 2, 0).float()  # [batch, slot, d]
 
         def logit(x: Tensor) -> Tensor:  # x [..., batch, slot, d] -> [..., batch, slot]
-            y = ad.ln_final(x.to(W_U.dtype)).float()
+            y = ad.final_norm(x.to(W_U.dtype)).float()
             return (y * cols.to(y.device)).sum(-1).double()
 
         base = logit(x_fin)
@@ -583,11 +583,11 @@ def _w_o(adapter: Adapter, layer: int) -> Float[Tensor, "head d_head d_model"]:
     """``W_O`` of one block, ``[head, d_head, d_model]``: one slice per *query* head, so
     grouped-query attention (fewer key/value heads) needs nothing special (``hook_z`` has one row
     per query head)."""
-    return adapter.model.blocks[layer].attn.W_O.detach()
+    return adapter.attn_out_weight(layer).detach()
 
 
 def _b_o(adapter: Adapter, layer: int) -> Tensor | None:
-    b = getattr(adapter.model.blocks[layer].attn, "b_O", None)
+    b = adapter.attn_out_bias(layer)
     return None if b is None else b.detach()
 
 

@@ -101,7 +101,7 @@ class Residual(Probe):
     ) -> None:
         n = ctx.adapter.n_layers
         if site == "resid_post" and self.final_state == "ln_f":
-            ctx.put(scratch, "resid", n, n + 1, ctx.adapter.ln_final(ctx.select(t, self.positions)))
+            ctx.put(scratch, "resid", n, n + 1, ctx.adapter.final_norm(ctx.select(t, self.positions)))
         elif site in ("resid_pre", "resid_post"):
             idx = n if site == "resid_post" else int(layer)  # type: ignore[arg-type]
             ctx.put_selected(scratch, "resid", idx, n + 1, t, self.positions)
@@ -119,7 +119,7 @@ class Residual(Probe):
             "mask": valid,
             "row_width": torch.full((batch,), width, dtype=torch.long),
             "has_bos": _starts_with_bos(ctx),
-            "final_norm": ctx.adapter.ln_final,
+            "final_norm": ctx.adapter.final_norm,
         }
 
     def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
@@ -152,8 +152,7 @@ class Residual(Probe):
 
 def _starts_with_bos(ctx: BatchContext) -> Tensor:
     """``[batch]`` True where the prompt's first real token is the tokenizer's BOS."""
-    tok = ctx.adapter.tokenizer
-    bos = getattr(tok, "bos_token_id", None) if tok is not None else None
+    bos = ctx.adapter.bos_token_id
     if bos is None:
         return torch.zeros(ctx.tokens.shape[0], dtype=torch.bool)
     first = ctx.mask.long().argmax(1)

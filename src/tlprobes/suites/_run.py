@@ -155,8 +155,10 @@ def run_suite(
 
     import torch
 
+    from .._tl.adapter import model_name as name_of
+
     torch.manual_seed(suite.run["seed"])
-    model_name = model if isinstance(model, (str, Path)) else getattr(model.cfg, "model_name", "model")
+    model_name = model if isinstance(model, (str, Path)) else name_of(model)
     say(f"tlprobes: suite {suite.name!r} (study {suite.study}) on model {str(model_name)!r}")
     t_load = time.perf_counter()
     say("tlprobes: loading model ...")

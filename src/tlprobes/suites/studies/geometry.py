@@ -27,6 +27,7 @@ class Geometry:
 
     def compute(self, ctx: StudyContext) -> StudyOutput:
         import tlprobes as tp
+        from tlprobes._tl.adapter import adapter_for
         from tlprobes.analysis import anisotropy, cosine_matrix, drift, pca, tsne
 
         a = ctx.analysis
@@ -50,7 +51,7 @@ class Geometry:
             first = valid.float().argmax(1)
             valid[torch.arange(valid.shape[0]), first] = False
         ids = sorted(set(res.inputs.tokens[res.inputs.attention_mask].tolist()))
-        emb = ctx.model.W_E.detach()[ids].double().cpu().numpy()
+        emb = adapter_for(ctx.model).embed_weight.detach()[ids].double().cpu().numpy()
         p_emb = pca(emb)
         p_last = pca(r.resid[n_layers][valid].double().numpy())
         out.tables["pca_embeddings"] = p_emb.to_frame()

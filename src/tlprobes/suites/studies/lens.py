@@ -28,6 +28,7 @@ class Lens:
         import tlprobes as tp
         from tlprobes.analysis import logit_lens, unembedding_spectrum, weight_tying
 
+        from tlprobes._tl.adapter import adapter_for
         from tlprobes.analysis._lens import VARIANTS
 
         a = ctx.analysis
@@ -54,9 +55,9 @@ class Lens:
         out.tables["protocol"] = pd.DataFrame(
             protocol, index=["logit lens", "course"][: len(protocol["BOS"])]
         ).T.reset_index(names="choice")
-        adapter = tp.adapter_for(ctx.model)
-        W_U = adapter.W_U.detach().double().cpu().numpy()
-        W_E = ctx.model.W_E.detach().double().cpu().numpy()
+        adapter = adapter_for(ctx.model)
+        W_U = adapter.unembed_weight.detach().double().cpu().numpy()
+        W_E = adapter.embed_weight.detach().double().cpu().numpy()
         tying = weight_tying(W_U, W_E)
         out.tables["weight_tying"] = tying.to_frame()
         spec = unembedding_spectrum(W_U.T, center=True)

@@ -23,15 +23,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..._tl.adapter import adapter_for, model_name
 from .._schema import SuiteError
 from .._study import StudyContext, StudyOutput
 from ._common import new_report
 
 __all__ = ["STUDY"]
-
-
-def _name(model: Any, fallback: str) -> str:
-    return str(getattr(getattr(model, "cfg", None), "model_name", None) or fallback)
 
 
 def _tokenizer_facts(tok: Any, pieces: tuple[int, ...] | None) -> dict[str, Any]:
@@ -85,7 +82,7 @@ class ProcrustesStudy:
         A, B = ctx.model, ctx.second_model
         out = StudyOutput()
         f = out.facts
-        f.update({"model_a": _name(A, "A"), "model_b": _name(B, "B"), "done": [], "skipped": []})
+        f.update({"model_a": model_name(A, "A"), "model_b": model_name(B, "B"), "done": [], "skipped": []})
         opts = dict(kind=a["kind"], center=a["center"], normalize=a["normalize"],
                     test_fraction=a["test_fraction"], csls_k=a["csls_k"], isf_beta=a["isf_beta"],
                     search=a["search"], max_queries=a["max_queries"] or None, seed=ctx.seed)
@@ -117,7 +114,7 @@ class ProcrustesStudy:
         from tlprobes.analysis._align import align_words
 
         a, f = ctx.analysis, out.facts
-        ta, tb = getattr(ctx.model, "tokenizer", None), getattr(ctx.second_model, "tokenizer", None)
+        ta, tb = adapter_for(ctx.model).hf_tokenizer, adapter_for(ctx.second_model).hf_tokenizer
         al = align_words(ta, tb, pooling=a["pooling"], names=("A", "B"))
         if len(al) < 10:
             raise ValueError(f"only {len(al)} shared words ({al.summary()}); too few to fit a map")
@@ -143,8 +140,8 @@ class ProcrustesStudy:
             f["alignment"]["subsampled_to"] = int(a["max_words"])
         # only the shared words' rows are copied (float64); the full W_E stays as the model holds it
         with torch.no_grad():
-            EA = al.rows(ctx.model.W_E.detach(), "a")[keep]
-            EB = al.rows(ctx.second_model.W_E.detach(), "b")[keep]
+            EA = al.rows(adapter_for(ctx.model).embed_weight.detach(), "a")[keep]
+            EB = al.rows(adapter_for(ctx.second_model).embed_weight.detach(), "b")[keep]
         words = [words[i] for i in keep]
         emb = map_embeddings(EA, EB, **opts)
         out.tables["embeddings"] = emb.to_frame()
