@@ -123,7 +123,7 @@ class RunResults:
     captures: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def output(self) -> StudyOutput:
-        return StudyOutput(tables=self.tables, view_data=self.view_data, captures=self.captures,
+        return StudyOutput(tables=self.tables, view_data=self.view_data, arrays=self.captures,
                            facts=self.facts)
 
     def __repr__(self) -> str:
@@ -234,8 +234,8 @@ def write_run(out_dir: str | Path, output: StudyOutput, manifest: dict[str, Any]
         files[rel] = buf.getvalue().encode("utf-8")
     files["facts.json"] = json.dumps(output.facts, indent=2, default=_json_default).encode("utf-8")
     files["view_data.safetensors"] = _safetensors_bytes(output.view_data)
-    if save_captures and output.captures:
-        files["captures.safetensors"] = _safetensors_bytes(output.captures)
+    if save_captures and output.arrays:
+        files["captures.safetensors"] = _safetensors_bytes(output.arrays)
     if any(k.startswith("tables/") for k in files):
         os.mkdir(out / "tables")
     hashes = {}

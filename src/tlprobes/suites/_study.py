@@ -43,13 +43,14 @@ class StudyOutput:
     """What a study's ``compute`` returns.
 
     ``tables``: tidy DataFrames (written as CSV); ``view_data``: small tensors the report needs
-    (attention patterns of a few prompts, 2-D projections; always saved); ``captures``: big arrays,
-    saved only on request (``--save-arrays``); ``facts``: small JSON-able numbers and labels.
+    (attention patterns of a few prompts, 2-D projections; always saved); ``arrays``: big raw
+    arrays (residual states, masks, patterns), saved only on request (``--save-arrays``, as
+    ``captures.safetensors``); ``facts``: small JSON-able numbers and labels.
     """
 
     tables: dict[str, Any] = field(default_factory=dict)
     view_data: dict[str, torch.Tensor] = field(default_factory=dict)
-    captures: dict[str, torch.Tensor] = field(default_factory=dict)
+    arrays: dict[str, torch.Tensor] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
 
 

@@ -121,8 +121,8 @@ class Angles:
             "n_sentences": len(ctx.prompts),
             "controls": a["controls"],
         })
-        out.captures["resid"] = r.resid
-        out.captures["mask"] = r.mask
+        out.arrays["resid"] = r.resid
+        out.arrays["mask"] = r.mask
         _which_heads(ctx, out)
         return out
 

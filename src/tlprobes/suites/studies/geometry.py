@@ -79,7 +79,7 @@ class Geometry:
             "pca_embeddings_pr": float(p_emb.participation_ratio),
             "tsne_trustworthiness": float(ts.trustworthiness),
         })
-        out.captures.update({"resid": r.resid, "mask": r.mask, "pattern": res.attention.pattern})
+        out.arrays.update({"resid": r.resid, "mask": r.mask, "pattern": res.attention.pattern})
         return out
 
     def render(self, out: StudyOutput, manifest: dict[str, Any]) -> Any:

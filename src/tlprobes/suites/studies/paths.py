@@ -56,7 +56,7 @@ class Paths:
             "n_prompts": len(ctx.prompts),
             "n_tokens": int(pl.included.sum()),
         })
-        out.captures.update({"resid": res.residual.resid, "attn_out": res.components.attn_out,
+        out.arrays.update({"resid": res.residual.resid, "attn_out": res.components.attn_out,
                              "mlp_out": res.components.mlp_out, "mask": res.residual.mask})
         return out
 

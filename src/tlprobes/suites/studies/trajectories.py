@@ -99,7 +99,7 @@ class Trajectories:
         out.facts.update({"groups": list(ss.groups), "n_items": len(prompts),
                           "n_layers": r.n_layers,
                           "counts": {g: int((groups == g).sum()) for g in ss.groups}})
-        out.captures.update({"resid": r.resid, "mask": r.mask, "slots": torch.as_tensor(slots)})
+        out.arrays.update({"resid": r.resid, "mask": r.mask, "slots": torch.as_tensor(slots)})
         return out
 
     def render(self, out: StudyOutput, manifest: dict[str, Any]) -> Any:
