@@ -295,6 +295,23 @@ class Adapter:
             )
         return self._hook_dict[name]
 
+    def release_patterns(self, layers: tuple[int, ...], refs: dict[int, Tensor]) -> None:
+        """Drop the model's own reference to the patterns a capture now owns (``refs[i]`` is the
+        pattern of ``layers[i]``).
+
+        TL 4.3's attention bridges keep the last pass's pattern (``self._pattern``; nothing in TL
+        reads it back). Only a reference to exactly the tensor the hook saw is released; anything
+        else the model holds is left alone.
+        """
+        for i, l in enumerate(layers):
+            name = self.hook_name("pattern", l).rsplit(".", 1)[0]
+            try:
+                module = self.model.get_submodule(name)
+            except (AttributeError, TypeError):
+                continue
+            if module.__dict__.get("_pattern") is refs[i]:
+                module._pattern = None
+
     # ------------------------------------------------------------------ weights
     @property
     def unembed_weight(self) -> Float[Tensor, "d_model d_vocab"]:
@@ -315,7 +332,7 @@ class Adapter:
         """The token embedding matrix ``W_E`` (the model's own tensor; detach before use).
 
         >>> adapter_for(tp.load_model()).embed_weight.shape
-        torch.Size([1536, 128])
+        torch.Size([1351, 128])
         """
         return self.model.W_E
 
@@ -470,6 +487,23 @@ class Adapter:
         """The tokenizer's BOS id, or ``None`` (no tokenizer, or no BOS token)."""
         bos = getattr(self.hf_tokenizer, "bos_token_id", None)
         return None if bos is None else int(bos)
+
+    def tokenizer_facts(self, pieces: tuple[int, ...] | None = None) -> dict[str, Any]:
+        """What a report says about the tokenizer: its class, its size and how ``pieces`` (the ids
+        of a word inside running text) are spelled.
+
+        >>> adapter_for(tp.load_model()).tokenizer_facts((318, 87))   # doctest: +ELLIPSIS
+        {'tokenizer': '...', 'vocabulary': 1351, 'a word inside text': "'Ġg' + 'w'"}
+        """
+        tok = self.hf_tokenizer
+        if tok is None:
+            return {"tokenizer": "none"}
+        out: dict[str, Any] = {"tokenizer": type(tok).__name__, "vocabulary": len(tok)}
+        if pieces:
+            out["a word inside text"] = " + ".join(
+                repr(t) for t in tok.convert_ids_to_tokens(list(pieces))
+            )
+        return out
 
     def require_tokenizer(self, why: str) -> Any:
         tok = self.hf_tokenizer

@@ -249,7 +249,7 @@ class Attention(Probe):
                     f"{self.name}: the patterns of layers {missing} were not captured in this forward "
                     "pass; tlprobes captures whole forward passes (no stop_at_layer / start_at_layer)"
                 )
-            _release(ctx.adapter, layers, refs)
+            ctx.adapter.release_patterns(layers, refs)  # the model no longer holds them
             piece["pattern"] = [refs[i].detach() for i in range(len(layers))]
         else:
             buf = ctx.take(scratch, "pattern", len(layers), self.name)
@@ -293,21 +293,3 @@ def _on(scratch: dict[Any, Any], key: str, device: torch.device) -> Tensor:
     if cached is None:
         cached = scratch[(key, device)] = scratch[key].to(device)
     return cached
-
-
-def _release(adapter: Adapter, layers: tuple[int, ...], refs: dict[int, Tensor]) -> None:
-    """Drop the model's own reference to the patterns the capture now owns.
-
-    TL 4.3's attention bridges keep the last pass's pattern (``self._pattern``; nothing in TL reads
-    it back). Only a reference to exactly the tensor the hook saw is released; anything else the
-    model holds is left alone.
-    """
-    model = adapter.model
-    for i, l in enumerate(layers):
-        name = adapter.hook_name("pattern", l).rsplit(".", 1)[0]
-        try:
-            module = model.get_submodule(name)
-        except (AttributeError, TypeError):
-            continue
-        if module.__dict__.get("_pattern") is refs[i]:
-            module._pattern = None

@@ -31,16 +31,6 @@ from ._common import new_report
 __all__ = ["STUDY"]
 
 
-def _tokenizer_facts(tok: Any, pieces: tuple[int, ...] | None) -> dict[str, Any]:
-    """What a report needs to say about one tokenizer: its class, size and how a word looks."""
-    if tok is None:
-        return {"tokenizer": "none"}
-    out: dict[str, Any] = {"tokenizer": type(tok).__name__, "vocabulary": len(tok)}
-    if pieces:
-        out["a word inside text"] = " + ".join(repr(t) for t in tok.convert_ids_to_tokens(list(pieces)))
-    return out
-
-
 def _brief(err: BaseException) -> str:
     last = traceback.extract_tb(err.__traceback__)[-1:] if err.__traceback__ else []
     where = f" (at {last[0].name}, {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})" if last else ""
@@ -114,16 +104,16 @@ class ProcrustesStudy:
         from tlprobes.analysis._align import align_words
 
         a, f = ctx.analysis, out.facts
-        ta, tb = adapter_for(ctx.model).hf_tokenizer, adapter_for(ctx.second_model).hf_tokenizer
-        al = align_words(ta, tb, pooling=a["pooling"], names=("A", "B"))
+        ada, adb = adapter_for(ctx.model), adapter_for(ctx.second_model)
+        al = align_words(ada.hf_tokenizer, adb.hf_tokenizer, pooling=a["pooling"], names=("A", "B"))
         if len(al) < 10:
             raise ValueError(f"only {len(al)} shared words ({al.summary()}); too few to fit a map")
         the = al.words.index("the") if "the" in al.words else 0
         f["alignment"] = {
             "summary": al.summary(), "n_shared": len(al), "n_candidates": al.n_candidates,
             "n_pooled": al.n_multi_piece, "pooling": al.pooling, "dropped": al.dropped,
-            "tokenizer_a": _tokenizer_facts(ta, al.pieces_a[the]),
-            "tokenizer_b": _tokenizer_facts(tb, al.pieces_b[the]),
+            "tokenizer_a": ada.tokenizer_facts(al.pieces_a[the]),
+            "tokenizer_b": adb.tokenizer_facts(al.pieces_b[the]),
             "example_word": al.words[the],
         }
         out.tables["alignment"] = al.to_frame()
