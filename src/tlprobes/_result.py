@@ -57,7 +57,7 @@ class Inputs:
     prompts: list[str] | None = None
     decode: Callable[[list[int]], list[str]] | None = field(default=None, repr=False)
     _str_tokens: list[list[str]] | None = field(default=None, repr=False)
-    pad_id: int | None = field(default=None, repr=False)  # the id padding uses (for merging)
+    pad_id: int | None = field(default=None, repr=False, compare=False)  # padding's id (merging)
 
     @property
     def str_tokens(self) -> list[list[str]]:
@@ -148,7 +148,6 @@ def _merge_inputs(a: Inputs, b: Inputs) -> Inputs:
         decode=_decoder_for(a.decode, b.decode),
         pad_id=pid,
     )
-    return out
 
 
 def _inputs_state(inputs: Inputs, extra_ids: Tensor | None = None) -> dict[str, Any]:
@@ -173,9 +172,8 @@ def _inputs_from_state(state: dict[str, Any]) -> Inputs:
     decode = None
     if vocab is not None:
         decode = TokenTable(dict(zip(vocab["ids"].tolist(), vocab["strings"])))
-    out = Inputs(tokens=state["tokens"], attention_mask=state["attention_mask"],
-                 prompts=state.get("prompts"), decode=decode, pad_id=state.get("pad_id"))
-    return out
+    return Inputs(tokens=state["tokens"], attention_mask=state["attention_mask"],
+                  prompts=state.get("prompts"), decode=decode, pad_id=state.get("pad_id"))
 
 
 #: Meta keys that may differ between the pieces of one run (each shard's model device).
@@ -194,7 +192,6 @@ def check_meta(a: Meta | None, b: Meta | None, what: str) -> None:
                 f"cannot merge {what}: meta key {key!r} differs ({db.get(key)!r} vs {da[key]!r}); "
                 "pieces of one run come from one model, mode and dtype"
             )
-
 
 
 class Displayable:

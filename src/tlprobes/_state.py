@@ -101,7 +101,9 @@ def encode_state(state: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str,
                     f"cannot hold; valid dtypes: {', '.join(str(d) for d in _DTYPES)}"
                 )
             if v.layout != torch.strided:
-                raise ArgumentError(f"state value {where!r} is a {v.layout} tensor; save dense tensors")
+                raise ArgumentError(
+                    f"state value {where!r} is a {v.layout} tensor; valid: dense (strided) tensors"
+                )
             tensors[path] = v
             return {"$tensor": path}
         if v is None or isinstance(v, (bool, str)):
@@ -132,7 +134,9 @@ def encode_state(state: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str,
     return tensors, skeleton
 
 
-def decode_state(tensors: Mapping[str, Tensor], skeleton: Any, *, where: str = "state") -> dict[str, Any]:
+def decode_state(
+    tensors: Mapping[str, Tensor], skeleton: Any, *, where: str = "state"
+) -> dict[str, Any]:
     """Rebuild a state dict from :func:`encode_state`'s two parts (refusing unknown value tags)."""
     used: set[str] = set()
 
@@ -157,7 +161,9 @@ def decode_state(tensors: Mapping[str, Tensor], skeleton: Any, *, where: str = "
                 return tensors[body]
             if tag == "$tuple":
                 if not isinstance(body, list):
-                    raise ResultsError(f"{where}: '$tuple' holds a {type(body).__name__}, not a list")
+                    raise ResultsError(
+                        f"{where}: '$tuple' holds a {type(body).__name__}, not a list"
+                    )
                 return tuple(dec(x) for x in body)
             if not isinstance(body, dict):
                 raise ResultsError(f"{where}: '$dict' holds a {type(body).__name__}, not a dict")
@@ -245,9 +251,9 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     except ValueError as err:
         raise ResultsError(f"{str(path)!r}: the {FORMAT!r} metadata is not JSON: {err}") from None
     if not isinstance(meta, dict) or meta.get("version") != _VERSION or "state" not in meta:
+        got = meta.get("version") if isinstance(meta, dict) else meta
         raise ResultsError(
-            f"{str(path)!r}: unsupported state format {meta.get('version') if isinstance(meta, dict) else meta!r}; "
-            f"valid: version {_VERSION}"
+            f"{str(path)!r}: unsupported state format {got!r}; valid: version {_VERSION}"
         )
     return decode_state(tensors, meta["state"], where=str(path))
 

@@ -92,7 +92,8 @@ class Mergeable:
             if getattr(self, name) != getattr(other, name):
                 raise InputError(f"cannot merge {what}: {name} {getattr(other, name)!r} differs "
                                  f"from {getattr(self, name)!r}")
-        kw = {f.name: getattr(self, f.name) for f in fields(self) if f.init}  # type: ignore[arg-type]
+        kw = {f.name: getattr(self, f.name)
+              for f in fields(self) if f.init}  # type: ignore[arg-type]
         for name, rule in self._LAYOUT.items():
             kw[name] = cat_field(name, getattr(self, name), getattr(other, name), rule, what)
         kw["inputs"] = inputs
