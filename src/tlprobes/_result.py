@@ -138,8 +138,10 @@ def _merge_inputs(a: Inputs, b: Inputs) -> Inputs:
     pid = _pad_id(a)
     pid = _pad_id(b) if pid is None else pid
     pid = 0 if pid is None else pid
-    prompts = a.prompts + b.prompts if a.prompts is not None and b.prompts is not None else None
-    out = Inputs(
+    prompts = None
+    if a.prompts is not None and b.prompts is not None:
+        prompts = a.prompts + b.prompts
+    return Inputs(
         tokens=pad_cat([a.tokens, b.tokens], dim=0, pad_dims=(1,), value=pid),
         attention_mask=pad_cat(
             [a.attention_mask, b.attention_mask], dim=0, pad_dims=(1,), value=False

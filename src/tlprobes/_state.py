@@ -200,7 +200,7 @@ def _host(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def save_state(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
+def save_state(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     """Write ``state`` as one safetensors file at ``path`` (atomically) and return the path."""
     from safetensors.torch import save
 
@@ -225,7 +225,7 @@ def save_state(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
     return path
 
 
-def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
     """Read a state written by :func:`save_state` (a safetensors file; nothing is unpickled)."""
     from safetensors import SafetensorError
     from safetensors.torch import load
