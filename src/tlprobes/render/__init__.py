@@ -35,7 +35,6 @@ from ._plots import plot_scree as plot_scree
 from ._plots import plot_trajectories as plot_trajectories
 from ._report import Report as Report
 from ._report import manifest_table as manifest_table
-from ._repr import HTMLDisplayMixin as HTMLDisplayMixin
 from ._repr import notebook_bundle as notebook_bundle
 from ._tokens import logit_lens_table as logit_lens_table
 from ._tokens import token_view as token_view
@@ -43,7 +42,6 @@ from ._tokens import token_view as token_view
 __all__ = [
     "SUMMARY_LABELS",
     "GROUP_COLORS",
-    "HTMLDisplayMixin",
     "Page",
     "Report",
     "attention_layers_view",
