@@ -25,7 +25,7 @@ from ._page import Page as Page
 from ._page import circuitsvis_bundle as circuitsvis_bundle
 from ._plots import GROUP_COLORS as GROUP_COLORS
 from ._plots import figure_to_html as figure_to_html
-from ._plots import plot_angle_trajectories as plot_angle_trajectories
+from ._plots import plot_layer_profiles as plot_layer_profiles
 from ._plots import plot_cosine_heatmap as plot_cosine_heatmap
 from ._plots import plot_head_heatmap as plot_head_heatmap
 from ._plots import plot_path_decomposition as plot_path_decomposition
@@ -55,7 +55,7 @@ __all__ = [
     "logit_lens_table",
     "manifest_table",
     "notebook_bundle",
-    "plot_angle_trajectories",
+    "plot_layer_profiles",
     "plot_cosine_heatmap",
     "plot_head_heatmap",
     "plot_path_decomposition",

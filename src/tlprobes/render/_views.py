@@ -299,11 +299,11 @@ def result_figure(obj: Any, **kwargs: Any) -> Any:
     name = type(obj).__name__
     title = kwargs.pop("title", None) or name
     if name == "LayerSummary":
-        return P.plot_angle_trajectories(
+        return P.plot_layer_profiles(
             {"mean": (obj.mean, obj.ci_low, obj.ci_high)}, ylabel="value", title=title, **kwargs
         )
     if name == "PairedTest":
-        return P.plot_angle_trajectories(
+        return P.plot_layer_profiles(
             {"mean difference": (obj.mean_diff, obj.ci_low, obj.ci_high)},
             significant=np.asarray(obj.reject_fdr_bh, dtype=bool), ylabel="mean difference",
             sig_label="FDR-adjusted p < alpha", title=title, **kwargs,
@@ -350,7 +350,7 @@ def result_figure(obj: Any, **kwargs: Any) -> Any:
     )
     if curves:
         sig = _significant(obj)
-        return P.plot_angle_trajectories(
+        return P.plot_layer_profiles(
             curves, significant=sig if sig is not None and sig.shape == (n,) else None,
             layers=None if layers is None else [str(x) for x in layers],
             ylabel=_YLABELS.get(name) or str(getattr(obj, "statistic", "") or "value"),
