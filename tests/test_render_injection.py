@@ -17,9 +17,8 @@ from render_helpers import mounted
 from tlprobes.render import (
     Page,
     Report,
-    figure_to_html,
-    plot_layer_profiles,
     plot_cosine_heatmap,
+    plot_layer_profiles,
     plot_path_decomposition,
     plot_procrustes,
     plot_scatter,
@@ -27,6 +26,7 @@ from tlprobes.render import (
     plot_trajectories,
 )
 from tlprobes.render._page import COMPONENTS
+from tlprobes.render._plots import figure_to_html
 
 EVIL = "<img src=x onerror=alert(1)>"
 MATH = ["$$", "$\\frac$", "a$b", "$x^{$", "\\$"]

@@ -10,8 +10,9 @@ from render_helpers import PAYLOAD, mounted
 
 from tlprobes._errors import InputError
 from tlprobes._display import Display
-from tlprobes.render import Page, circuitsvis_bundle, escape_html, script_json
-from tlprobes.render._escape import escape_script
+from tlprobes.render import Page
+from tlprobes.render._escape import escape_html, escape_script, script_json
+from tlprobes.render._runtime import circuitsvis_bundle
 
 
 def test_bundle_inlined_once_for_many_views() -> None:

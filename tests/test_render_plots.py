@@ -8,16 +8,15 @@ from matplotlib.figure import Figure
 
 from tlprobes._errors import InputError
 from tlprobes.render import (
-    GROUP_COLORS,
-    figure_to_html,
-    plot_layer_profiles,
     plot_cosine_heatmap,
+    plot_layer_profiles,
     plot_path_decomposition,
     plot_procrustes,
     plot_scatter,
     plot_scree,
     plot_trajectories,
 )
+from tlprobes.render._plots import GROUP_COLORS, figure_to_html
 
 L = 13
 
