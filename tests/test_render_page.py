@@ -8,8 +8,8 @@ import pytest
 import torch
 from render_helpers import PAYLOAD, mounted
 
-from tlprobes._errors import InputError
 from tlprobes._display import Display
+from tlprobes._errors import InputError
 from tlprobes.render import Page
 from tlprobes.render._escape import escape_html, escape_script, script_json
 from tlprobes.render._runtime import circuitsvis_bundle

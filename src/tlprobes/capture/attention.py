@@ -32,8 +32,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .._adapter import Adapter, Meta
-from .._errors import HeadError, LayerError, TLProbesError, choices
 from .._display import Display
+from .._errors import HeadError, LayerError, TLProbesError, choices
 from .._result import Inputs, pad_cat
 from ._base import BatchContext, Probe
 from ._positions import PositionSpec, check_spec

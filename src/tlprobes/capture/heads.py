@@ -38,8 +38,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .._adapter import Adapter, Meta
-from .._errors import InputError, ModelError, ResultsError, choices
 from .._display import Display
+from .._errors import InputError, ModelError, ResultsError, choices
 from .._result import Inputs, pad_cat
 from ._base import BatchContext, Probe
 from ._positions import PositionSpec, Target, check_spec  # noqa: F401 - docstring example

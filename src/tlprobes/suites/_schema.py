@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import re
 import sys
 from collections.abc import Sequence
