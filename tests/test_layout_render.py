@@ -218,3 +218,35 @@ def test_one_display_mixin(old: str) -> None:
             if old in p.read_text(encoding="utf-8") and "render" not in p.relative_to(PKG).parts[:1]
             and p.name != "_display.py"]
     assert hits == []
+
+
+def test_the_one_mixin_shows_every_kind_of_object(tmp_path) -> None:
+    """Captures, a run's Result and analyzer results all show through ``Display``; what has no
+    view or figure says so, naming what has one."""
+    import tlprobes as tp
+    from tlprobes._display import Display
+    from tlprobes._errors import ArgumentError, InputError
+
+    res = tp.run(tp.load_model(), ["Mary saw her brother.", "John gave her a book."],
+                 tp.Residual(), tp.Attention(layers=[0]), progress=False)
+    lengths = tp.path_length(res.residual)
+    doc = lengths.to_html()
+    assert doc.startswith("<!DOCTYPE html>") and "tlp-card" in doc and "PathLength" in doc
+    saved = lengths.save_html(tmp_path / "p.html").read_text(encoding="utf-8")
+    assert saved.count('class="tlp-card"') == 1
+    report = tp.Report("r").add_view(lengths).add_view(res.attention)
+    assert "PathLength" in report.to_html() and report.to_html().count("var CircuitsVis=") == 1
+    page = tp.Page("p").add_page(res)  # a Result builds a Report, which builds a Page
+    assert "Attention (" in page.to_html() and "ResidualCapture (" in page.to_html()
+    with pytest.raises(ArgumentError, match="AttentionCapture has no figure"):
+        res.attention.plot()
+    with pytest.raises(InputError, match=r"Result.view\(\) got unknown option\(s\) \['bogus'\]"):
+        res.view(bogus=1)
+    with pytest.raises(InputError, match=r"PathLength.view\(\) .* valid: none"):
+        lengths.view(layer=1)
+
+    class Bare(Display):
+        pass
+
+    with pytest.raises(ArgumentError, match="Bare has no default view; views exist for"):
+        Bare()._repr_html_()
