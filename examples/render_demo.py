@@ -22,8 +22,8 @@ from tlprobes.render import (
     attention_view,
     head_summaries,
     logit_lens_table,
-    plot_angle_trajectories,
     plot_cosine_heatmap,
+    plot_layer_profiles,
     plot_path_decomposition,
     plot_procrustes,
     plot_scatter,
@@ -84,7 +84,7 @@ def build_report() -> Report:
         "control": (base + 40, base + 35, base + 45),
     }
     rep.add_figure(
-        plot_angle_trajectories(curves, significant=layers >= 6, title="Rotation per layer"),
+        plot_layer_profiles(curves, significant=layers >= 6, title="Rotation per layer"),
         "Mean angle between consecutive residual states, 95% CI bands; stars: BH-adjusted p < .05.",
     )
     rep.add_table(

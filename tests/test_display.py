@@ -19,7 +19,7 @@ def test_results_render_offline_and_escaped(model, tmp_path):
         assert "unpkg" not in html and "<script src" not in html
         assert PAYLOAD not in html, name  # the raw payload never appears unescaped
         assert "<img src=x" not in html
-    from tlprobes.render import circuitsvis_bundle
+    from tlprobes.render._runtime import circuitsvis_bundle
 
     probe = circuitsvis_bundle()[1000:1200]  # a stretch of the inlined JS
     full = res.to_html()
@@ -152,7 +152,7 @@ def _fake_kernel(monkeypatch, state):
 
 
 def test_bundle_sent_once_per_kernel_and_again_when_its_cell_reruns(shipped, monkeypatch):
-    from tlprobes.render import circuitsvis_bundle
+    from tlprobes.render._runtime import circuitsvis_bundle
 
     _, res = shipped
     probe = circuitsvis_bundle()[1000:1200]

@@ -58,7 +58,7 @@ def test_day_one_is_small_and_sends_the_bundle_once(executed):
     nb, path, _ = executed
     size = path.stat().st_size
     assert size < 2_000_000, size
-    from tlprobes.render import circuitsvis_bundle
+    from tlprobes.render._runtime import circuitsvis_bundle
 
     probe = circuitsvis_bundle()[1000:1200]
     text = path.read_text(encoding="utf-8")

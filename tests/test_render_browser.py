@@ -20,7 +20,7 @@ from tlprobes.render import (
     attention_view,
     head_summaries,
     logit_lens_table,
-    plot_angle_trajectories,
+    plot_layer_profiles,
     token_view,
 )
 
@@ -52,7 +52,7 @@ def test_report_paints_offline_and_payload_stays_inert(offline, tmp_path) -> Non
     m = np.linspace(60, 10, 5)
     rep = Report("browser " + PAYLOAD, {"model": "toy", "prompt": PAYLOAD})
     rep.add_heading("Plots").add_figure(
-        plot_angle_trajectories({"target": (m, m - 3, m + 3)}, significant=m < 30, title=PAYLOAD)
+        plot_layer_profiles({"target": (m, m - 3, m + 3)}, significant=m < 30, title=PAYLOAD)
     )
     rep.add_heading("Tokens").add_text(PAYLOAD)
     rep.add_view(token_view(TOKENS, np.arange(6.0), label=PAYLOAD, mask=MASK))

@@ -17,9 +17,8 @@ from render_helpers import mounted
 from tlprobes.render import (
     Page,
     Report,
-    figure_to_html,
-    plot_angle_trajectories,
     plot_cosine_heatmap,
+    plot_layer_profiles,
     plot_path_decomposition,
     plot_procrustes,
     plot_scatter,
@@ -27,6 +26,7 @@ from tlprobes.render import (
     plot_trajectories,
 )
 from tlprobes.render._page import COMPONENTS
+from tlprobes.render._plots import figure_to_html
 
 EVIL = "<img src=x onerror=alert(1)>"
 MATH = ["$$", "$\\frac$", "a$b", "$x^{$", "\\$"]
@@ -78,7 +78,7 @@ def test_csp_lists_exactly_our_scripts():
 def _figures():
     m = np.linspace(60, 10, 5)
     pts = np.random.default_rng(0).random((5, 2))
-    yield plot_angle_trajectories({"$$": (m, m - 1, m + 1)}, layers=MATH, xlabel="$$",
+    yield plot_layer_profiles({"$$": (m, m - 1, m + 1)}, layers=MATH, xlabel="$$",
                                   ylabel="$\\frac$", title="a$b", sig_label="$$")
     yield plot_path_decomposition(m, m, layers=MATH, xlabel="$$", ylabel="$", title="$$")
     yield plot_cosine_heatmap(np.eye(5), row_labels=MATH, col_labels=MATH, xlabel="$$",

@@ -20,7 +20,7 @@ from tlprobes.render import (
     attention_view,
     head_summaries,
     logit_lens_table,
-    plot_angle_trajectories,
+    plot_layer_profiles,
     plot_scatter,
     token_view,
 )
@@ -99,7 +99,7 @@ def report() -> Report:
     m = np.linspace(60, 10, N)
     rep = Report(PAY, {PAY: PAY, "prompt": PAYLOADS, "nested": {PAY: [PAY]}})
     rep.add_heading(PAY).add_text(PAY)
-    rep.add_figure(plot_angle_trajectories({PAY: (m, m - 3, m + 3)}, layers=PAYLOADS, title=PAY),
+    rep.add_figure(plot_layer_profiles({PAY: (m, m - 3, m + 3)}, layers=PAYLOADS, title=PAY),
                    caption=PAY)
     rep.add_figure(plot_scatter(np.random.default_rng(0).random((N, 2)), groups=PAYLOADS,
                                 labels=PAYLOADS, title=PAY), caption=PAY, fmt="svg")

@@ -8,9 +8,11 @@ import pytest
 import torch
 from render_helpers import PAYLOAD, mounted
 
+from tlprobes._display import Display
 from tlprobes._errors import InputError
-from tlprobes.render import HTMLDisplayMixin, Page, circuitsvis_bundle, escape_html, script_json
-from tlprobes.render._escape import escape_script
+from tlprobes.render import Page
+from tlprobes.render._escape import escape_html, escape_script, script_json
+from tlprobes.render._runtime import circuitsvis_bundle
 
 
 def test_bundle_inlined_once_for_many_views() -> None:
@@ -98,12 +100,12 @@ def test_merging_pages_keeps_one_bundle() -> None:
     assert html.count("var CircuitsVis=") == 1 and len(mounted(html)) == 2
 
 
-class _Result(HTMLDisplayMixin):
+class _Result(Display):
     def _build_page(self) -> Page:
         return Page("r").add_text(PAYLOAD)
 
 
-class _StrResult(HTMLDisplayMixin):
+class _StrResult(Display):
     def _build_page(self) -> str:
         return "<b>bold</b>"
 
@@ -120,8 +122,9 @@ def test_mixin_repr_save_show(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     r = _Result()
     assert "&lt;/script&gt;" in r._repr_html_()
-    out = r.save(tmp_path / "sub" / "r.html")
+    out = r.save_html(tmp_path / "sub" / "r.html")  # save() is left to a class's data
     assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert r.view().save(tmp_path / "p.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert "<b>bold</b>" in _StrResult().to_html()
     opened = []
     monkeypatch.setattr("webbrowser.open", lambda url: opened.append(url))

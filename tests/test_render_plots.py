@@ -8,16 +8,15 @@ from matplotlib.figure import Figure
 
 from tlprobes._errors import InputError
 from tlprobes.render import (
-    GROUP_COLORS,
-    figure_to_html,
-    plot_angle_trajectories,
     plot_cosine_heatmap,
+    plot_layer_profiles,
     plot_path_decomposition,
     plot_procrustes,
     plot_scatter,
     plot_scree,
     plot_trajectories,
 )
+from tlprobes.render._plots import GROUP_COLORS, figure_to_html
 
 L = 13
 
@@ -31,9 +30,9 @@ def curves() -> dict:
     }
 
 
-def test_angle_trajectories_lines_bands_and_stars() -> None:
+def test_layer_profiles_lines_bands_and_stars() -> None:
     sig = np.arange(L) >= 9
-    fig = plot_angle_trajectories(curves(), significant=sig, title="rot")
+    fig = plot_layer_profiles(curves(), significant=sig, title="rot")
     (ax,) = fig.axes
     lines = ax.get_lines()
     assert [ln.get_label() for ln in lines] == [
@@ -60,12 +59,25 @@ def test_angle_trajectories_lines_bands_and_stars() -> None:
     ]
 
 
-def test_angle_trajectories_string_layers_and_errors() -> None:
+def test_one_colour_key_per_group_whatever_the_spelling() -> None:
+    """``non-target`` is the one key; ``non_target``, ``nontarget`` and ``Non Target`` find it."""
+    from tlprobes.render._plots import group_color
+
+    assert sorted(GROUP_COLORS) == ["attention", "control", "mlp", "non-target", "target"]
+    names = ["non-target", "non_target", "nontarget", "Non Target", "other"]
+    m = np.linspace(1, 2, L)
+    fig = plot_layer_profiles({n: (m, m - 1, m + 1) for n in names})
+    colors = [ln.get_color() for ln in fig.axes[0].get_lines()]
+    assert colors[:4] == [GROUP_COLORS["non-target"]] * 4 and colors[4] not in GROUP_COLORS.values()
+    assert group_color("MLP") == GROUP_COLORS["mlp"] and group_color("targets") is None
+
+
+def test_layer_profiles_string_layers_and_errors() -> None:
     c = {"target": curves()["target"]}
-    fig = plot_angle_trajectories(c, layers=[f"b{i}" for i in range(L)])
+    fig = plot_layer_profiles(c, layers=[f"b{i}" for i in range(L)])
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()][:2] == ["b0", "b1"]
     with pytest.raises((InputError, TypeError)):
-        plot_angle_trajectories(c, significant=np.ones(3, bool))
+        plot_layer_profiles(c, significant=np.ones(3, bool))
 
 
 def test_path_decomposition_bars_and_errorbars() -> None:

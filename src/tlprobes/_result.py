@@ -21,11 +21,12 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from ._tl.adapter import Meta
+from ._display import Display
 from ._errors import InputError, choices
 from ._state import check_kind, state_class
+from ._tl.adapter import Meta
 
-__all__ = ["Displayable", "Inputs", "Result", "pad_cat", "check_meta"]
+__all__ = ["Inputs", "Result", "pad_cat", "check_meta"]
 
 
 def pad_cat(tensors: list[Tensor], *, dim: int, pad_dims: tuple[int, ...], value: Any) -> Tensor:
@@ -196,58 +197,7 @@ def check_meta(a: Meta | None, b: Meta | None, what: str) -> None:
             )
 
 
-class Displayable:
-    """Offline HTML display for results: ``_repr_html_`` in Jupyter, ``to_html``, ``save_html``,
-    ``show`` and ``view(**options)``. ``Report.add_view`` takes any of them (the renderers register
-    this class as an ``HTMLDisplayMixin``).
-
-    Subclasses define ``_build_page()``; the renderers load on first display (no network, ever).
-    """
-
-    def _build_page(self) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _mixin(self) -> Any:
-        from .render._repr import HTMLDisplayMixin
-
-        class _View(HTMLDisplayMixin):
-            def __init__(self, build: Callable[[], Any]):
-                self._build = build
-
-            def _build_page(self) -> Any:
-                return self._build()
-
-        return _View(self._build_page)
-
-    def to_html(self, *, full: bool = True) -> str:
-        return self._mixin().to_html(full=full)
-
-    def _repr_html_(self) -> str:
-        return self._mixin()._repr_html_()
-
-    def save_html(self, path: Any) -> Any:
-        """Write one self-contained HTML file and return its path."""
-        return self._mixin().save_html(path)
-
-    def show(self) -> Any:
-        return self._mixin().show()
-
-    def view(self, **options: Any) -> Any:
-        """The notebook view as a :class:`~tlprobes.render.Page`, with the view's options
-        (``AttentionCapture``: ``prompt=``, ``layer=``); it displays itself and saves to HTML."""
-        import inspect
-
-        allowed = [p for p in inspect.signature(self._build_page).parameters]
-        bad = [k for k in options if k not in allowed]
-        if bad:
-            raise InputError(
-                f"{type(self).__name__}.view() got unknown option(s) {bad}; "
-                f"valid: {choices(allowed) if allowed else 'none'}"
-            )
-        return self._build_page(**options)
-
-
-class Result(Displayable, Mapping[str, Any]):
+class Result(Display, Mapping[str, Any]):
     """The captures of one session or run, by probe name (``result["residual"]`` or ``result.residual``)."""
 
     def __init__(self, captures: dict[str, Any], inputs: Inputs, meta: Meta, settings: dict[str, Any]):
@@ -341,16 +291,6 @@ class Result(Displayable, Mapping[str, Any]):
             else:
                 captures[name] = kind.from_state_dict(cs)
         return cls(captures, inputs, meta, dict(state["settings"]))
-
-    def _build_page(self) -> Any:
-        """One report: the manifest, then each capture's own view."""
-        from .render import Report
-
-        report = Report(f"tlprobes: {self.meta.model_name}", {**self.meta.to_dict(), **self.settings})
-        for name, capture in self._captures.items():
-            if hasattr(capture, "_build_page"):
-                report.add_view(capture._build_page(), caption=f"capture {name!r}")
-        return report
 
     def __repr__(self) -> str:
         b, s = self.inputs.tokens.shape

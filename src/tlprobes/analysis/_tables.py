@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._display import Display
+
 __all__ = ["FrameMixin", "long_frame"]
 
 
@@ -36,24 +38,10 @@ def long_frame(
     return df
 
 
-class FrameMixin:
-    """Gives a result with ``to_frame()`` its notebook face: a one-line ``repr``, a compact HTML
-    card (summary line + small table) and ``plot()`` (see :mod:`tlprobes.analysis._display`).
+class FrameMixin(Display):
+    """Base of analyzer results: the one display mixin (:class:`tlprobes._display.Display`) gives
+    them a one-line ``repr``, a compact HTML card (summary line + small table) and ``plot()``.
 
-    Result dataclasses use ``@dataclass(..., repr=False)`` so this ``__repr__`` is theirs."""
+    Result dataclasses use ``@dataclass(..., repr=False)`` so the mixin's ``__repr__`` is theirs."""
 
-    def __repr__(self) -> str:
-        from ._display import short_repr
-
-        return short_repr(self)
-
-    def _repr_html_(self) -> str:
-        from ._display import summary_html
-
-        return summary_html(self)
-
-    def plot(self, **kwargs: Any) -> Any:
-        """The result's natural figure (a matplotlib ``Figure`` that shows itself in Jupyter)."""
-        from ._display import plot_result
-
-        return plot_result(self, **kwargs)
+    __slots__ = ()

@@ -8,14 +8,15 @@ from typing import Any
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from .._display import Display
+from .._result import Inputs
 from .._tl.adapter import Meta
-from .._result import Displayable, Inputs
 
 __all__ = ["Captured"]
 
 
 @dataclass(frozen=True)
-class Captured(Displayable):
+class Captured(Display):
     """Base of captures taken at selected positions.
 
     ``positions[b, k]`` is the index into prompt ``b``'s padded sequence of slot ``k`` (``-1`` for an
@@ -57,22 +58,8 @@ class Captured(Displayable):
                 out[f.name] = val
         return out
 
-    def _build_page(self) -> Any:
-        """Default view: the selected tokens of the first prompts, coloured by the first metric."""
-        from ..render import Page, token_view
-
-        page = Page(type(self).__name__)
-        page.add_heading(f"{type(self).__name__} ({self.meta.model_name}, {self.meta.mode})")
-        metrics = self._token_metrics()
-        strs = self.selected_str_tokens()
-        for b in range(min(4, self.mask.shape[0])):
-            keep = self.mask[b]
-            values = {k: v[b].double().numpy() for k, v in metrics.items()}
-            if values:
-                page.add_page(token_view(strs[b], values, mask=keep.numpy(), label=f"prompt {b}"))
-        return page
-
     def _token_metrics(self) -> dict[str, Tensor]:
+        """Per-slot values (``[batch, k]``) the default view colours the tokens by."""
         return {}
 
     def __repr__(self) -> str:

@@ -31,10 +31,11 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from .._tl.adapter import Adapter, Meta
+from .._display import Display
 from .._errors import HeadError, InputError, LayerError, TLProbesError, choices
-from .._result import Displayable, Inputs, pad_cat
+from .._result import Inputs, pad_cat
 from .._state import check_kind, stateful
+from .._tl.adapter import Adapter, Meta
 from ._base import BatchContext, Probe
 from ._merge import (
     cat_field,
@@ -49,7 +50,7 @@ __all__ = ["Attention", "AttentionCapture"]
 
 @stateful
 @dataclass(frozen=True, eq=False)
-class AttentionCapture(Displayable):
+class AttentionCapture(Display):
     """``layer_patterns[i]`` (and ``pattern[i]``) is layer ``layers[i]``; its head axis holds ``heads``.
 
     With ``positions`` selected, the dest axis holds the selected query slots: ``positions[b, k]``
@@ -155,50 +156,6 @@ class AttentionCapture(Displayable):
     def _from_fields(cls, f: dict[str, Any], inputs: Inputs, meta: Meta | None) -> AttentionCapture:
         return cls(tuple(f["layer_patterns"]), tuple(f["layers"]), tuple(f["heads"]), inputs,
                    meta, f["positions"], f["positions_mask"])  # type: ignore[arg-type]
-
-    def _build_page(self, prompt: int = 0, layer: int | None = None) -> Any:
-        """Head summaries of one prompt, then prompt / layer / head selectors (first 16 prompts)."""
-        from ..render import Page, attention_overview, attention_prompts_view, head_summaries
-
-        n = self.layer_patterns[0].shape[0]
-        if not 0 <= prompt < n:
-            raise InputError(f"prompt {prompt!r} is not in this capture; choose from {choices(range(n))}")
-        if layer is not None and layer not in self.layers:
-            raise LayerError(f"layer {layer!r} was not captured; captured layers: {choices(self.layers)}")
-        mask = self.mask[prompt].numpy()
-        page = Page("Attention")
-        page.add_heading(f"Attention ({self.meta.model_name}, {self.meta.mode})")
-        if self.positions is not None:
-            return self._build_rows_page(page, prompt)
-        pat = torch.stack([p[prompt] for p in self.layer_patterns]).double().numpy()
-        page.add_page(attention_overview(head_summaries(pat, mask), layer_labels=list(self.layers),
-                                         head_labels=list(self.heads),
-                                         title=f"Head overview, prompt {prompt}"))
-        shown = sorted(set(range(min(n, 16))) | {prompt})
-        page.add_page(attention_prompts_view(
-            torch.stack([p[shown] for p in self.layer_patterns]).double().numpy(), [self.str_tokens[b] for b in shown],
-            mask=self.mask[shown].numpy(), layer_labels=list(self.layers),
-            prompt_labels=[f"{b}: {''.join(self.inputs.valid_str_tokens(b))[:40]}" for b in shown],
-            initial_prompt=shown.index(prompt),
-            initial=0 if layer is None else self.layers.index(layer)))
-        return page
-
-    def _build_rows_page(self, page: Any, prompt: int) -> Any:
-        """Selected query rows: the head-mean attention of each slot over the prompt's tokens."""
-        from ..render import token_view
-
-        assert self.positions is not None and self.positions_mask is not None
-        strs = self.str_tokens[prompt]
-        keep = self.mask[prompt].numpy()
-        for k, (pos, ok) in enumerate(zip(self.positions[prompt].tolist(),
-                                          self.positions_mask[prompt].tolist())):
-            if not ok:
-                continue
-            values = {f"layer {l}": self.layer_patterns[i][prompt, :, k].double().mean(0).numpy()
-                      for i, l in enumerate(self.layers)}
-            page.add_page(token_view(strs, values, mask=keep,
-                                     label=f"prompt {prompt}: attention from {strs[pos]!r} (position {pos})"))
-        return page
 
     def __repr__(self) -> str:
         shape = (len(self.layers), *self.layer_patterns[0].shape)

@@ -33,15 +33,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .._tl.adapter import Adapter, Meta
+from .._display import Display
 from .._errors import InputError, ModelError, ResultsError, choices
-from .._result import Displayable, Inputs, pad_cat
+from .._result import Inputs, pad_cat
 from .._state import stateful
+from .._tl.adapter import Adapter, Meta
 from ._base import BatchContext, Probe
 from ._merge import (
     check_meta,
@@ -66,7 +66,7 @@ def _spec_str(spec: Any) -> str:
 
 @stateful
 @dataclass(frozen=True, repr=False)
-class HeadStepsCapture(Displayable):
+class HeadStepsCapture(Display):
     """Streamed per-head attribution: moments over prompts per group, field, layer and part.
 
     ``moments[group][k]`` for ``k`` in ``("n", "sum", "sumsq")`` has shape ``[field, layer, part]``
@@ -212,25 +212,6 @@ class HeadStepsCapture(Displayable):
             if self.positions is not None and self.mask is not None:
                 out["positions"], out["mask"] = self.positions, self.mask
         return out
-
-    def _build_page(self) -> Any:
-        """Default view: layer x part heatmaps of the mean angle share and DLA over prompts."""
-        from ..render import Page, figure_to_html, plot_head_heatmap
-
-        page = Page("HeadSteps")
-        mode = f", {self.meta.mode}" if self.meta is not None else ""
-        page.add_heading(f"HeadSteps ({self.meta.model_name if self.meta else '?'}{mode})")
-        page.add_text(f"positions {self.settings.get('positions')}, baseline "
-                      f"{self.settings.get('baseline')}; means over prompts; rows are blocks")
-        for f, label in (("angle", "angle share (deg)"), ("step_proj", "projection on the step"),
-                         ("dla", "direct logit attribution")):
-            vals = self.mean(f).numpy()
-            if not np.isfinite(vals).any():
-                continue
-            fig = plot_head_heatmap(vals, head_labels=self.parts, colorbar_label=label,
-                                    ylabel="block", title=f"{f}: mean at the selected positions")
-            page.add_html(figure_to_html(fig, alt=f))
-        return page
 
     def __repr__(self) -> str:
         n = int(self.moments["target"]["n"].max()) if "target" in self.moments else 0

@@ -73,24 +73,6 @@ class LogitLensCapture(Mergeable, Captured):
     def _extra_ids(self) -> Tensor:
         return self.top_ids  # their strings are saved too: top_strings works after loading
 
-    def _build_page(self) -> Any:
-        from ..render import Page, logit_lens_table
-
-        page = Page("LogitLens")
-        page.add_heading(f"Logit lens ({self.meta.model_name}, {self.meta.mode})")
-        strs = self.selected_str_tokens()
-        n_states = self.top_ids.shape[0]
-        for b in range(min(4, self.mask.shape[0])):
-            top = [[row[0] for row in self.top_strings(layer=i)[b]] for i in range(n_states)]
-            probs = self.top_logprobs[:, b, :, 0].exp().double().numpy()
-            page.add_page(
-                logit_lens_table(
-                    top, probs, row_labels=[f"x{i}" for i in range(n_states)],
-                    col_labels=strs[b], mask=self.mask[b].numpy(), title=f"prompt {b}",
-                )
-            )
-        return page
-
     def top_strings(self, layer: int = -1) -> list[list[list[str]]]:
         """Top-k token strings at one state: ``[batch][slot][rank]``."""
         tok = getattr(self.inputs, "decode", None)

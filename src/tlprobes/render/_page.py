@@ -14,18 +14,20 @@ props. There is no CDN link and no network request, ever::
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
+import os
 import secrets
+import tempfile
+import webbrowser
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .._errors import InputError, choices
+from . import _repr
 from ._escape import escape_html, escape_script, script_json
-from ._repr import HTMLDisplayMixin
-from ._runtime import RUNTIME_JS
+from ._runtime import RUNTIME_JS, circuitsvis_bundle
 
 __all__ = ["Page", "COMPONENTS", "circuitsvis_bundle", "csp_for", "script_hashes"]
 
@@ -120,19 +122,6 @@ def csp_for(scripts: list[str]) -> str:
 CSP = CSP_TEMPLATE.format(hashes="'none'")  # the policy of a page without scripts
 
 
-@functools.lru_cache(maxsize=1)
-def circuitsvis_bundle() -> str:
-    """The circuitsvis IIFE bundle from the installed wheel, escaped for an inline classic script."""
-    try:
-        import circuitsvis
-    except ImportError as err:  # pragma: no cover - circuitsvis is a dependency
-        raise InputError(
-            "circuitsvis is not installed; interactive views need it (pip install circuitsvis)"
-        ) from err
-    path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
-    return escape_script(path.read_text(encoding="utf-8"))
-
-
 @dataclass(frozen=True)
 class _Block:
     html: str
@@ -140,7 +129,7 @@ class _Block:
     scripts: tuple[str, ...] = ()  # bodies of the inline scripts this block wrote (hashed in the CSP)
 
 
-class Page(HTMLDisplayMixin):
+class Page:
     """A page builder. ``add_*`` methods append blocks and return the page, so calls chain.
 
     Args:
@@ -224,9 +213,15 @@ class Page(HTMLDisplayMixin):
         script = f'tlp.{kind}(document.currentScript,"{wid}",{script_json(data, self.decimals)});'
         return self._add_script_block(div, script, bundle=bundle)
 
-    def add_page(self, other: Page | HTMLDisplayMixin) -> Page:
-        """Append every block of another page (or of any object with ``_build_page``)."""
-        page = other if isinstance(other, Page) else other._build_page()
+    def add_page(self, other: Any) -> Page:
+        """Append every block of another page (or of any object with ``_build_page``: a
+        ``Report``, a capture, a run's ``Result``)."""
+        page = other
+        for _ in range(3):  # a Result builds a Report, which builds a Page
+            build = getattr(page, "_build_page", None)
+            if isinstance(page, (Page, str)) or not callable(build):
+                break
+            page = build()
         if isinstance(page, str):
             return self.add_html(page)
         if not isinstance(page, Page):
@@ -272,6 +267,39 @@ class Page(HTMLDisplayMixin):
             '<link rel="icon" href="data:,">'
             f"<title>{escape_html(self.title)}</title></head>\n<body>\n{fragment}\n</body></html>\n"
         )
+
+    def _repr_html_(self) -> str:
+        return _repr.notebook_fragment(self.to_html(full=False))
+
+    def __html__(self) -> str:
+        return self.to_html(full=False)
+
+    def save_html(self, path: str | os.PathLike) -> Path:
+        """Write one self-contained HTML file (UTF-8) and return its path."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(self.to_html(full=True), encoding="utf-8")
+        return out
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Same as :meth:`save_html`."""
+        return self.save_html(path)
+
+    def show(self) -> Path | None:
+        """Display inline in a notebook; otherwise write a temp file and open it in the web browser.
+
+        Returns the temp file's path outside a notebook (``None`` inside one).
+        """
+        if _repr.in_notebook():
+            from IPython.display import HTML, display  # type: ignore[import-not-found]
+
+            display(HTML(self._repr_html_()))
+            return None
+        fd, name = tempfile.mkstemp(prefix="tlprobes-", suffix=".html")
+        os.close(fd)
+        path = self.save_html(name)
+        webbrowser.open(path.resolve().as_uri())
+        return path
 
     def __repr__(self) -> str:
         return f"Page({self.title!r}, blocks={len(self._blocks)}, views={self.n_views})"

@@ -5,7 +5,7 @@ with ``fig.savefig("x.png")`` / ``"x.svg"`` or put it in a report with ``Report.
 
     >>> import numpy as np
     >>> m = np.linspace(80, 10, 13)
-    >>> fig = plot_angle_trajectories(
+    >>> fig = plot_layer_profiles(
     ...     {"target": (m, m - 3, m + 3), "control": (m + 20, m + 15, m + 25)},
     ...     significant=np.arange(13) > 6)
     >>> [line.get_label() for line in fig.axes[0].get_lines()]
@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -32,7 +33,7 @@ from ._escape import escape_html
 __all__ = [
     "GROUP_COLORS",
     "InlineFigure",
-    "plot_angle_trajectories",
+    "plot_layer_profiles",
     "plot_path_decomposition",
     "plot_cosine_heatmap",
     "plot_scree",
@@ -43,23 +44,39 @@ __all__ = [
     "plot_head_heatmap",
 ]
 
-#: Fixed colours for the study groups, so every figure of a report agrees.
+#: Fixed colours for the study groups, so every figure of a report agrees: one key per group, and
+#: :func:`group_color` finds it however a name spells it (``non_target``, ``Non-target``).
 GROUP_COLORS = {
     "target": "#d62728",
     "non-target": "#1f77b4",
-    "non_target": "#1f77b4",
-    "nontarget": "#1f77b4",
     "control": "#7f7f7f",
     "attention": "#ff7f0e",
     "mlp": "#2ca02c",
 }
+
+
+def _color_key(name: object) -> str:
+    """Lower case without ``-``, ``_`` or spaces: ``"Non_target"`` and ``"non-target"`` meet."""
+    return re.sub(r"[-_\s]", "", str(name).lower())
+
+
+_BY_KEY = {_color_key(k): v for k, v in GROUP_COLORS.items()}
+
+
+def group_color(name: object) -> str | None:
+    """The fixed colour of a study group, or ``None`` for a group without one.
+
+    >>> group_color("non_target") == group_color("Non-target") == GROUP_COLORS["non-target"]
+    True
+    """
+    return _BY_KEY.get(_color_key(name))
 _CYCLE = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#1f77b4", "#ff7f0e", "#2ca02c"]
 
 
 def _colors(names: Sequence[str]) -> list[str]:
     out, spare = [], iter(_CYCLE * (len(names) // len(_CYCLE) + 1))
     for n in names:
-        out.append(GROUP_COLORS.get(str(n).lower()) or next(spare))
+        out.append(group_color(n) or next(spare))
     return out
 
 
@@ -91,7 +108,7 @@ def _finish(ax: Any, xlabel: str, ylabel: str, title: str | None) -> None:
     ax.legend(frameon=False, fontsize="small")
 
 
-def plot_angle_trajectories(
+def plot_layer_profiles(
     curves: Mapping[
         str, tuple[Float[Array, " layer"], Float[Array, " layer"], Float[Array, " layer"]]
     ],
@@ -104,7 +121,9 @@ def plot_angle_trajectories(
     sig_label: str = "significant (adjusted p < .05)",
     figsize: tuple[float, float] = (7.0, 4.0),
 ) -> Figure:
-    """Per-layer mean curves with 95% CI bands (one line + band per group) and significance stars.
+    """Per-layer profiles: mean curves with 95% CI bands (one line + band per group) and
+    significance stars, whatever the per-layer quantity (angle, drift, step length, the lens's
+    log-prob, P@1 ...; name it with ``ylabel``).
 
     Args:
         curves: ``{group: (mean[L], ci_low[L], ci_high[L])}``, e.g. target / non-target / control.

@@ -16,14 +16,15 @@ URLs, and a Content-Security-Policy forbids every fetch: the file reads the same
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from .._errors import InputError, choices
 from ._escape import escape_html
 from ._page import Page
 from ._plots import figure_to_html
-from ._repr import HTMLDisplayMixin
 
 __all__ = ["Report", "manifest_table"]
 
@@ -43,7 +44,7 @@ def manifest_table(manifest: Mapping[str, Any]) -> str:
     return f'<table class="tlp-table tlp-manifest"><tbody>{rows}</tbody></table>'
 
 
-class Report(HTMLDisplayMixin):
+class Report:
     """A study report. ``add_*`` methods append in order and return the report, so calls chain.
 
     Args:
@@ -123,9 +124,9 @@ class Report(HTMLDisplayMixin):
         self._body.add_html(f'<div class="tlp-scroll">{html}</div>')
         return self
 
-    def add_view(self, view: Page | HTMLDisplayMixin, caption: str | None = None) -> Report:
+    def add_view(self, view: Any, caption: str | None = None) -> Report:
         """An interactive view (a ``Page`` from ``attention_view``, ``token_view`` ... or a result)."""
-        if not isinstance(view, (Page, HTMLDisplayMixin)):
+        if not isinstance(view, Page) and not callable(getattr(view, "_build_page", None)):
             raise InputError(
                 f"add_view got {type(view).__name__!r}; pass a Page (attention_view, token_view, "
                 "logit_lens_table ...) or a result with _build_page"
@@ -150,6 +151,29 @@ class Report(HTMLDisplayMixin):
                 f"{manifest_table(self.manifest)}</details>"
             )
         return page
+
+    # -- output: the built page's ------------------------------------------------------------------
+    def to_html(self, *, full: bool = True) -> str:
+        """The report as a whole HTML document (``full``) or as a self-contained fragment."""
+        return self._build_page().to_html(full=full)
+
+    def _repr_html_(self) -> str:
+        return self._build_page()._repr_html_()
+
+    def __html__(self) -> str:
+        return self.to_html(full=False)
+
+    def save_html(self, path: str | os.PathLike) -> Path:
+        """Write one self-contained HTML file (UTF-8) and return its path."""
+        return self._build_page().save_html(path)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Same as :meth:`save_html`."""
+        return self.save_html(path)
+
+    def show(self) -> Path | None:
+        """Display inline in a notebook; otherwise open a temp file in the web browser."""
+        return self._build_page().show()
 
     def __repr__(self) -> str:
         return (

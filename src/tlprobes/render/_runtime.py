@@ -12,7 +12,13 @@ reaches the DOM through ``textContent`` or circuitsvis (React), never ``innerHTM
 
 from __future__ import annotations
 
-__all__ = ["RUNTIME_JS"]
+import functools
+from pathlib import Path
+
+from .._errors import InputError
+from ._escape import escape_script
+
+__all__ = ["RUNTIME_JS", "circuitsvis_bundle"]
 
 RUNTIME_JS = r"""
 (function () {
@@ -270,3 +276,16 @@ RUNTIME_JS = r"""
   window.tlp = tlp;
 })();
 """
+
+
+@functools.lru_cache(maxsize=1)
+def circuitsvis_bundle() -> str:
+    """The circuitsvis IIFE bundle from the installed wheel, escaped for an inline classic script."""
+    try:
+        import circuitsvis
+    except ImportError as err:  # pragma: no cover - circuitsvis is a dependency
+        raise InputError(
+            "circuitsvis is not installed; interactive views need it (pip install circuitsvis)"
+        ) from err
+    path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+    return escape_script(path.read_text(encoding="utf-8"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .._errors import choices
+from .._errors import SuiteError, choices
 
 __all__ = ["STUDIES", "get_study"]
 
@@ -21,8 +21,6 @@ STUDIES: dict[str, str] = {
 
 
 def get_study(name: str, *, where: str = "") -> Any:
-    from ._schema import SuiteError
-
     if name not in STUDIES:
         prefix = f"{where}: " if where else ""
         raise SuiteError(f"{prefix}unknown study {name!r}; valid studies: {choices(STUDIES)}")

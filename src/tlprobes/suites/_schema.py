@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -40,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._errors import InputError, TLProbesError, choices
+from .._errors import InputError, SuiteError, choices
+from ._registry import get_study
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,10 +51,6 @@ __all__ = [
     "Suite", "SuiteError", "load_suite", "suites_dir", "suite_dirs", "suite_files", "find_suite",
     "list_suites",
 ]
-
-
-class SuiteError(TLProbesError, ValueError):
-    """A suite file that cannot be run as written."""
 
 
 _ANY = object()
@@ -297,8 +293,6 @@ def load_suite(path: str | Path, *, study_schema: dict[str, tuple[Any, Any]] | N
                 )
             _check_value(where(section, key), key, value, keys[key][0])
         resolved[section] = {k: given.get(k, default) for k, (_, default) in keys.items()}
-
-    from ._registry import get_study
 
     study_name = resolved["suite"]["study"]
     study = get_study(study_name, where=where("suite", "study"))

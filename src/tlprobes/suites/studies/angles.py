@@ -156,7 +156,7 @@ class Angles:
             report.add_table(out.tables["protocol"], caption="the choices behind each column")
 
     def _column(self, report: Any, out: StudyOutput, control: str) -> None:
-        from ...render import plot_angle_trajectories
+        from ...render import plot_layer_profiles
 
         names = {"course": "Course column: the notebook's computation",
                  "clean": "Clean column: layer-matched control, valid tokens only",
@@ -167,7 +167,7 @@ class Angles:
                               else ("reject_fdr_bh", "FDR-BH q < .05"))
         layers, reject = series(df, "target-before", sig_stat)
         sig = reject > 0.5
-        fig = plot_angle_trajectories(
+        fig = plot_layer_profiles(
             {"target": curve(df, "target"), "non-target (word before)": curve(df, "before"),
              "control": curve(df, "control")},
             significant=sig, layers=list(layers),
@@ -191,7 +191,7 @@ class Angles:
                          caption="the clean column differs from the course's only in these points")
 
     def _decomposition(self, report: Any, out: StudyOutput) -> None:
-        from ...render import plot_angle_trajectories
+        from ...render import plot_layer_profiles
 
         df = out.tables["rotation_decomposition"]
         report.add_heading("What turns the target: attention vs MLP")
@@ -203,7 +203,7 @@ class Angles:
             "the angle x_(l-1) -> resid_mid, 'MLP alone' resid_mid -> x_l (clean run, target "
             "token).")
         layers, _ = series(df, "total", "mean")
-        fig = plot_angle_trajectories(
+        fig = plot_layer_profiles(
             {"total": curve(df, "total"), "attention alone": curve(df, "attention alone"),
              "MLP alone": curve(df, "MLP alone")},
             layers=list(layers), title="Rotation of the target per block, by component")

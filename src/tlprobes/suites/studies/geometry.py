@@ -87,8 +87,8 @@ class Geometry:
             attention_layers_view,
             attention_overview,
             head_summaries,
-            plot_angle_trajectories,
             plot_cosine_heatmap,
+            plot_layer_profiles,
             plot_scatter,
             plot_scree,
         )
@@ -105,12 +105,12 @@ class Geometry:
         dr, an = out.tables["drift"], out.tables["anisotropy"]
         layers, rel = series(dr, "drift", "relative")
         nan = np.full_like(rel, np.nan)
-        report.add_figure(plot_angle_trajectories(
+        report.add_figure(plot_layer_profiles(
             {"relative drift |Z_l - Z_(l-1)| / |Z_(l-1)|": (rel, nan, nan),
              "cosine drift 1 - mean cos": (series(dr, "drift", "cosine")[1], nan, nan)},
             layers=list(layers), ylabel="drift", title="Drift between consecutive layers"))
         al, mc = series(an, "anisotropy", "mean_cosine")
-        report.add_figure(plot_angle_trajectories(
+        report.add_figure(plot_layer_profiles(
             {"mean cosine of token pairs": (mc, np.full_like(mc, np.nan), np.full_like(mc, np.nan))},
             layers=list(al), ylabel="mean cosine", title="Anisotropy per state"))
         report.add_table(pd.concat([pivot(dr, [("drift", "fro"), ("drift", "relative"),

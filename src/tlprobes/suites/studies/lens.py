@@ -81,7 +81,7 @@ class Lens:
         return out
 
     def render(self, out: StudyOutput, manifest: dict[str, Any]) -> Any:
-        from ...render import logit_lens_table, plot_angle_trajectories, plot_scree
+        from ...render import logit_lens_table, plot_layer_profiles, plot_scree
 
         f = out.facts
         report = new_report(
@@ -106,7 +106,7 @@ class Lens:
                 continue
             curves[name] = tuple(series(table, "target_logprob", s)[1] for s in ("mean", "ci_low", "ci_high"))
         report.add_heading("Log-prob of the next token per layer")
-        report.add_figure(plot_angle_trajectories(curves, layers=[f"x{int(v)}" for v in layers],
+        report.add_figure(plot_layer_profiles(curves, layers=[f"x{int(v)}" for v in layers],
                                                   ylabel="log p(next token)", xlabel="state",
                                                   title="Logit lens: next-token log-prob"))
         report.add_table(pivot(df, [("target_logprob", "mean"), ("target_rank", "median"),

@@ -61,7 +61,7 @@ class Paths:
         return out
 
     def render(self, out: StudyOutput, manifest: dict[str, Any]) -> Any:
-        from ...render import plot_angle_trajectories, plot_path_decomposition, token_view
+        from ...render import plot_layer_profiles, plot_path_decomposition, token_view
 
         f = out.facts
         report = new_report(
@@ -74,7 +74,7 @@ class Paths:
         pdf, ddf = out.tables["path_length"], out.tables["decomposition"]
         report.add_heading("Step length per layer")
         layers, _ = series(pdf, "step", "mean")
-        report.add_figure(plot_angle_trajectories(
+        report.add_figure(plot_layer_profiles(
             {"step length": curve(pdf, "step")}, layers=list(layers), ylabel="|x_l - x_(l-1)|",
             title="Mean step length with 95% CI"))
         report.add_heading("Attention vs MLP share of each step")

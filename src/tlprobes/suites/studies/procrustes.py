@@ -189,7 +189,7 @@ class ProcrustesStudy:
 
     # ------------------------------------------------------------------------------ render
     def render(self, out: StudyOutput, manifest: dict[str, Any]) -> Any:
-        from ...render import plot_angle_trajectories, plot_cosine_heatmap, plot_procrustes
+        from ...render import plot_cosine_heatmap, plot_layer_profiles, plot_procrustes
 
         f = out.facts
         a = manifest["suite"]["analysis"]
@@ -277,7 +277,7 @@ class ProcrustesStudy:
             if ident.size == nn.size:
                 curves["P@1 NN (identity)"] = (ident, nan, nan)
             pair = dict(zip(df["layer"], df["layer_b"]))
-            report.add_figure(plot_angle_trajectories(
+            report.add_figure(plot_layer_profiles(
                 curves, layers=[f"A{v}/B{pair[v]}" for v in layers], xlabel="state of A / paired state of B",
                 ylabel="score", title="Model A -> model B, states paired by relative depth"))
             wide = df.pivot_table(index=["layer", "layer_b"], columns=["group", "statistic"], values="value")

@@ -103,7 +103,7 @@ class Trajectories:
         return out
 
     def render(self, out: StudyOutput, manifest: dict[str, Any]) -> Any:
-        from ...render import plot_angle_trajectories, plot_scree, plot_trajectories
+        from ...render import plot_layer_profiles, plot_scree, plot_trajectories
 
         f = out.facts
         report = new_report(
@@ -130,7 +130,7 @@ class Trajectories:
         test = out.tables["step_test"]
         grp = test["group"].iloc[0]
         sig = test[(test["statistic"] == "p_fdr_bh")].sort_values("layer")["value"].to_numpy() < 0.05
-        report.add_figure(plot_angle_trajectories(curves, significant=sig, layers=layers,
+        report.add_figure(plot_layer_profiles(curves, significant=sig, layers=layers,
                                                   ylabel="|x_l - x_(l-1)|",
                                                   title="Step length of the target word",
                                                   sig_label="Welch FDR-BH q < .05"))
