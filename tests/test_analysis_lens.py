@@ -202,7 +202,7 @@ def test_capture_lens_uses_the_models_own_norm(model):
     res = tp.run(model, PROMPTS, tp.Residual(), tp.LogitLens(top_k=2), batch_size=2)
     lens = res.logit_lens
     tg = lens.target_ids
-    W_U, b_U = model.W_U.detach(), tp.adapter_for(model).b_U.detach()
+    W_U, b_U = model.W_U.detach(), tp._adapter.adapter_for(model).b_U.detach()
     mine = logit_lens(res.residual, W_U, b_U, targets=tg)
     m = lens.mask.numpy()
     np.testing.assert_allclose(mine.target_logprob[:, m], lens.target_logprob[:, m].numpy(),
@@ -211,7 +211,7 @@ def test_capture_lens_uses_the_models_own_norm(model):
     via_model = logit_lens(res.residual.resid, targets=tg, mask=res.residual.mask, model=model)
     np.testing.assert_allclose(via_model.target_logprob, mine.target_logprob, atol=1e-10,
                                equal_nan=True)
-    if tp.adapter_for(model).meta.mode != "raw":
+    if tp._adapter.adapter_for(model).meta.mode != "raw":
         return  # compat mode folds the LayerNorm weights: parameter-free is then the model's own
     # the parameter-free LayerNorm (the old default) is measurably another lens on raw models
     free = logit_lens(res.residual, W_U, b_U, targets=tg, ln="parameter-free")

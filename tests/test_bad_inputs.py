@@ -45,7 +45,7 @@ def _nested_forward(m):
 API_CASES = [
     # (id, call, expected error type, built-in it must also be, message regex)
     ("entered-twice", _entered_twice, tp.TLProbesError, RuntimeError, "already inside a `with`"),
-    ("bytes-as-ids", lambda m: tp.run(m, [b"bytes"], tp.Residual()), tp.InputError, ValueError,
+    ("bytes-as-ids", lambda m: tp.run(m, [b"bytes"], tp.Residual()), tp.errors.InputError, ValueError,
      "cannot read prompts of type bytes"),
     ("int-dtype", lambda m: tp.attach(m, tp.Residual(), dtype=torch.int32), tp.TLProbesError,
      TypeError, "torch.int32 would truncate"),
@@ -59,17 +59,17 @@ API_CASES = [
      TypeError, "unknown keyword argument 'colour'"),
     ("batch-size-bool", lambda m: tp.run(m, P, tp.Residual(), batch_size=True), tp.TLProbesError,
      TypeError, "batch_size must be a positive int, got bool"),
-    ("batch-size-0", lambda m: tp.run(m, P, tp.Residual(), batch_size=0), tp.InputError, ValueError,
+    ("batch-size-0", lambda m: tp.run(m, P, tp.Residual(), batch_size=0), tp.errors.InputError, ValueError,
      "batch_size must be a positive int"),
-    ("empty-prompt", lambda m: tp.run(m, [""], tp.Residual()), tp.InputError, ValueError,
+    ("empty-prompt", lambda m: tp.run(m, [""], tp.Residual()), tp.errors.InputError, ValueError,
      "prompt 0 is empty"),
-    ("layers-bool", lambda m: tp.run(m, P, tp.Attention(layers=[True])), tp.LayerError, IndexError,
+    ("layers-bool", lambda m: tp.run(m, P, tp.Attention(layers=[True])), tp.errors.LayerError, IndexError,
      "got True"),
-    ("layers-str", lambda m: tp.run(m, P, tp.Attention(layers="first")), tp.LayerError, IndexError,
+    ("layers-str", lambda m: tp.run(m, P, tp.Attention(layers="first")), tp.errors.LayerError, IndexError,
      "layers='first'"),
-    ("bad-device", lambda m: tp.attach(m, tp.Residual(), device="nonsense"), tp.InputError,
+    ("bad-device", lambda m: tp.attach(m, tp.Residual(), device="nonsense"), tp.errors.InputError,
      ValueError, "unknown device 'nonsense'"),
-    ("typo-model", lambda m: tp.load_model("defualt"), tp.UnknownModelError, ValueError,
+    ("typo-model", lambda m: tp.load_model("defualt"), tp.errors.UnknownModelError, ValueError,
      "did you mean 'default'"),
     ("not-a-probe", lambda m: tp.attach(m, "Residual"), tp.TLProbesError, TypeError,
      "is not a probe"),
@@ -93,8 +93,8 @@ def test_api_bad_inputs(model, case):
 
 
 def test_errors_subclass_the_builtins():
-    assert issubclass(tp.SiteError, KeyError) and issubclass(tp.InputError, ValueError)
-    assert issubclass(tp.ModelError, TypeError) and issubclass(tp.ResultsError, ValueError)
+    assert issubclass(tp.errors.SiteError, KeyError) and issubclass(tp.errors.InputError, ValueError)
+    assert issubclass(tp.errors.ModelError, TypeError) and issubclass(tp.errors.ResultsError, ValueError)
 
 
 def test_made_right(model):

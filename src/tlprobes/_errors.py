@@ -5,7 +5,7 @@ Every error names the bad value and the valid choices, so the message alone says
     >>> import tlprobes as tp
     >>> try:
     ...     tp.Residual(positions="middle")
-    ... except tp.TLProbesError as err:
+    ... except tp.errors.TLProbesError as err:
     ...     print(type(err).__name__)
     PositionError
 
@@ -29,6 +29,9 @@ __all__ = [
     "UnknownModelError",
     "ArgumentError",
     "SessionError",
+    "SuiteError",
+    "OptionError",
+    "MissingCaptureError",
     "choices",
 ]
 
@@ -39,6 +42,13 @@ class TLProbesError(Exception):
 
 class SiteError(TLProbesError, KeyError):
     """An unknown site or hook name."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingCaptureError(TLProbesError, KeyError):
+    """A capture name that a result does not hold (``result["residul"]``)."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
@@ -58,6 +68,11 @@ class PositionError(TLProbesError, ValueError):
 
 class InputError(TLProbesError, ValueError):
     """Bad prompts or tokens: too long for the model, mixed strings and tokens, bad masks."""
+
+
+class OptionError(TLProbesError, ValueError):
+    """An option whose value is not one of its valid choices (``top_k=0``,
+    ``final_state="middle"``, ``targets="prev"``)."""
 
 
 class ModelError(TLProbesError, TypeError):
@@ -80,7 +95,12 @@ class ArgumentError(TLProbesError, TypeError):
 class SessionError(TLProbesError, RuntimeError):
     """A session used in a way it cannot capture correctly: entered twice, attached to a model that a
     session in another thread holds, or a forward pass inside it that tlprobes cannot see
-    (``run_with_cache`` / ``run_with_hooks`` on a bridge, a nested forward)."""
+    (``run_with_cache`` / ``run_with_hooks`` on a bridge, a nested forward) or that stopped early
+    (``stop_at_layer``: hooks that never fired)."""
+
+
+class SuiteError(TLProbesError, ValueError):
+    """A suite file that cannot be run as written."""
 
 
 def choices(values: Iterable[object], limit: int = 12) -> str:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._errors import InputError, TLProbesError, choices
+from .._errors import InputError, SuiteError, choices
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,10 +51,6 @@ __all__ = [
     "Suite", "SuiteError", "load_suite", "suites_dir", "suite_dirs", "suite_files", "find_suite",
     "list_suites",
 ]
-
-
-class SuiteError(TLProbesError, ValueError):
-    """A suite file that cannot be run as written."""
 
 
 _ANY = object()

@@ -26,6 +26,7 @@ class Lens:
 
     def compute(self, ctx: StudyContext) -> StudyOutput:
         import tlprobes as tp
+        from tlprobes._adapter import adapter_for
         from tlprobes.analysis import logit_lens, unembedding_spectrum, weight_tying
 
         from tlprobes.analysis._lens import VARIANTS
@@ -54,7 +55,7 @@ class Lens:
         out.tables["protocol"] = pd.DataFrame(
             protocol, index=["logit lens", "course"][: len(protocol["BOS"])]
         ).T.reset_index(names="choice")
-        adapter = tp.adapter_for(ctx.model)
+        adapter = adapter_for(ctx.model)
         W_U = adapter.W_U.detach().double().cpu().numpy()
         W_E = ctx.model.W_E.detach().double().cpu().numpy()
         tying = weight_tying(W_U, W_E)

@@ -21,10 +21,10 @@ __all__ = ["STUDY"]
 def _target_slots(model: Any, tokens: torch.Tensor, mask: torch.Tensor, words: list[str]) -> np.ndarray:
     """Last sub-token position of each prompt's target word (its first occurrence), resolved like
     ``tp.Target(word)`` through :func:`tlprobes.capture._positions.target_indices`."""
-    import tlprobes as tp
+    from tlprobes._adapter import adapter_for
     from tlprobes.capture._positions import Target, target_indices
 
-    adapter = tp.adapter_for(model)
+    adapter = adapter_for(model)
     slots = np.full(len(words), -1)
     for b, word in enumerate(words):
         ids = tokens[b].tolist()
