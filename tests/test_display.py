@@ -77,7 +77,7 @@ def _every_result(model, res):
         tp.angle_trajectory(resid, " her", control="clean"),
         tp.analysis.within_layer_angles(resid, " her"),
         tp.path_length(resid), tp.analysis.decompose_steps(res.components), tp.analysis.decompose_steps(res.steps),
-        tp.analysis.logit_lens(res.logit_lens), tp.analysis.weight_tying(rng.normal(size=(4, 9)), rng.normal(size=(9, 4))),
+        tp.analysis.lens_readout(res.logit_lens), tp.analysis.weight_tying(rng.normal(size=(4, 9)), rng.normal(size=(9, 4))),
         tp.analysis.unembedding_spectrum(rng.normal(size=(6, 20))), tp.analysis.pca(x), tp.analysis.tsne(x, perplexity=5),
         tp.analysis.drift(resid), tp.analysis.anisotropy(resid), tp.analysis.rsa(x, y),
         tp.analysis.state_space_trajectories(resid, " her"),

@@ -37,7 +37,7 @@ from ._geometry import tsne as tsne
 from ._heads import head_contrast as head_contrast
 from ._heads import head_ranking as head_ranking
 from ._lens import effective_rank as effective_rank
-from ._lens import logit_lens as logit_lens
+from ._lens import lens_readout as lens_readout
 from ._lens import unembedding_spectrum as unembedding_spectrum
 from ._lens import weight_tying as weight_tying
 from ._paths import PathAccumulator as PathAccumulator
@@ -66,7 +66,7 @@ __all__ = [
     # paths
     "path_length", "decompose_steps", "next_token_values", "path_logit_correlation",
     # lens and unembedding
-    "logit_lens", "weight_tying", "unembedding_spectrum", "effective_rank",
+    "lens_readout", "weight_tying", "unembedding_spectrum", "effective_rank",
     # embedding geometry
     "cosine_matrix", "pca", "tsne", "drift", "anisotropy", "state_space_trajectories",
     # heads

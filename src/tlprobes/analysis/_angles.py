@@ -357,7 +357,7 @@ def angle_trajectory(
     distinct valid slots i != j, angle(x_(l-1)[i], x_l[j]); ``"layer_matched"``: distinct valid
     slots at the same layer l (an anisotropy baseline). ``exclude_first`` keeps the first token
     out of the clean draws. ``bonferroni="bonferroni_states"`` uses m = L+1 like the course
-    (``"course"`` is its old name). ``control="course"`` needs every padded position captured, with
+    (the old spelling ``"course"`` is refused with this name). ``control="course"`` needs every padded position captured, with
     every prompt padded to one width (``tp.run(..., pad_to="longest")``); merge padding is refused.
     ``robust`` adds the sign-flip test and bootstrap CI (``n_resamples``, seeded with ``seed``).
 

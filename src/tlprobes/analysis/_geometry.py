@@ -20,7 +20,7 @@ from jaxtyping import Float, Real
 from .._errors import InputError
 from ._inputs import as_array, as_states, first_token_mask, warn_nan
 from ._stream import check_mergeable, note_mode
-from ._tables import FrameMixin, long_frame
+from ._tables import FrameMixin, component_columns, long_frame
 
 __all__ = [
     "cosine_matrix",
@@ -96,13 +96,13 @@ class PCAResult(FrameMixin):
         return (as_array(X) - self.mean) @ self.components.T
 
     def to_frame(self) -> pd.DataFrame:
-        df = long_frame({("pca", "explained_variance"): self.explained_variance,
-                         ("pca", "explained_variance_ratio"): self.explained_variance_ratio})
-        df = df.rename(columns={"layer": "component"})
-        extra = pd.DataFrame({"component": -1, "group": "pca",
-                              "statistic": ["k95", "participation_ratio"],
-                              "value": [self.k95, self.participation_ratio]})
-        return pd.concat([df, extra], ignore_index=True)
+        """Long table (``layer`` = -1: not per layer): group ``pc1..pck`` with the eigenvalue and
+        its variance fraction, group ``pca`` with ``k95`` and ``participation_ratio``."""
+        return long_frame(component_columns("pc", {
+            "explained_variance": self.explained_variance,
+            "explained_variance_ratio": self.explained_variance_ratio,
+        }) | {("pca", "k95"): [self.k95], ("pca", "participation_ratio"): [self.participation_ratio]},
+            layers=[-1])
 
 
 def pca(

@@ -23,7 +23,7 @@ import pandas as pd
 from scipy import stats
 
 from .._errors import InputError, choices
-from ._stats import CORRECTIONS, adjust_pvalues, summary_from_moments
+from ._stats import CORRECTIONS, _refuse_renamed, adjust_pvalues, summary_from_moments
 from ._tables import FrameMixin
 
 __all__ = ["HeadRanking", "HeadContrast", "head_ranking", "head_contrast"]
@@ -205,6 +205,7 @@ def head_contrast(
             "baseline=tp.Target(word, offset=-1)) to compare each head at the target with the word "
             "before"
         )
+    _refuse_renamed(correction, "correction")
     if correction not in CORRECTIONS:
         raise InputError(f"unknown correction {correction!r}; valid: {choices(CORRECTIONS)}")
     tgt = _summary(capture, statistic, "target")

@@ -41,17 +41,28 @@ __all__ = [
 ]
 
 Layers = Sequence[int] | np.ndarray | None
-CORRECTIONS = ("bonferroni", "bonferroni_states", "course", "fdr_bh", "none")
+CORRECTIONS = ("bonferroni", "bonferroni_states", "fdr_bh", "none")
 #: Bonferroni names for a per-layer test: m = the number of tests (L), or m = the number of hidden
-#: states (L+1), which is the course's ``.05/n_hiddens``; ``"course"`` is the old spelling of the
-#: latter and still works.
-BONFERRONI = ("bonferroni", "bonferroni_states", "course")
+#: states (L+1), which is the course's ``.05/n_hiddens``.
+BONFERRONI = ("bonferroni", "bonferroni_states")
+#: Old spellings, refused with the new name: ``"course"`` chose a correction but said which course
+#: step it copied, not which correction.
+_RENAMED = {"course": "bonferroni_states"}
+
+
+def _refuse_renamed(name: str, what: str) -> None:
+    if isinstance(name, str) and name in _RENAMED:
+        raise InputError(
+            f"{what}={name!r} was renamed: use {what}={_RENAMED[name]!r} (Bonferroni with m = L+1 "
+            "hidden states, the course's .05/n_hiddens)"
+        )
 
 
 def _bonferroni_name(name: str) -> str:
+    _refuse_renamed(name, "bonferroni")
     if name not in BONFERRONI:
         raise InputError(f"unknown bonferroni {name!r}; choose one of {choices(BONFERRONI)}")
-    return "bonferroni_states" if name == "course" else name
+    return name
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -127,13 +138,19 @@ def adjust_pvalues(
     m: int | None = None,
 ) -> Float[np.ndarray, " test"]:
     """Adjusted p-values (NaN stays NaN). ``"bonferroni"``: m = number of finite tests;
-    ``"bonferroni_states"`` (old name ``"course"``): Bonferroni with m = the number of hidden
-    states = tests + 1 (the course's ``.05/n_hiddens`` for L per-layer tests), or ``m``;
-    ``"fdr_bh"``: Benjamini-Hochberg through ``scipy.stats.false_discovery_control``."""
+    ``"bonferroni_states"``: Bonferroni with m = the number of hidden states = tests + 1 (the
+    course's ``.05/n_hiddens`` for L per-layer tests), or ``m``; ``"fdr_bh"``:
+    Benjamini-Hochberg through ``scipy.stats.false_discovery_control``.
+
+    >>> import numpy as np
+    >>> adjust_pvalues(np.array([0.01, 0.02]), "bonferroni_states").tolist()
+    [0.03, 0.06]
+    """
     p = np.asarray(p, float)
     out = np.full_like(p, np.nan)
     ok = np.isfinite(p)
     k = int(ok.sum())
+    _refuse_renamed(method, "method")
     if method not in CORRECTIONS:
         raise InputError(f"unknown correction {method!r}; choose one of {choices(CORRECTIONS)}")
     if k == 0:
@@ -142,7 +159,7 @@ def adjust_pvalues(
         out[ok] = p[ok]
     elif method == "bonferroni":
         out[ok] = np.minimum(1.0, p[ok] * (m if m is not None else k))
-    elif method in ("bonferroni_states", "course"):
+    elif method == "bonferroni_states":
         out[ok] = np.minimum(1.0, p[ok] * (m if m is not None else p.size + 1))
     else:
         out[ok] = stats.false_discovery_control(p[ok], method="bh")
