@@ -32,6 +32,7 @@ __all__ = [
     "SuiteError",
     "OptionError",
     "MissingCaptureError",
+    "check_index",
     "choices",
 ]
 
@@ -109,3 +110,37 @@ def choices(values: Iterable[object], limit: int = 12) -> str:
     if len(vals) > limit:
         return ", ".join(vals[:limit]) + f", ... ({len(vals)} in all)"
     return ", ".join(vals)
+
+
+def check_index(
+    value: object, n: int, *, what: str = "layer", error: type[TLProbesError] | None = None,
+    of: str = "",
+) -> int:
+    """Validate an index into ``n`` items (layers, heads; negative counts from the end) and return
+    it non-negative; else raise ``error`` (:class:`LayerError` by default) naming the value and
+    the valid range. The one check behind every layer and head index.
+
+    >>> check_index(-1, 4)
+    3
+    >>> check_index(4, 4, what="head", error=HeadError, of=" of the pattern")
+    Traceback (most recent call last):
+    ...
+    tlprobes._errors.HeadError: head 4 is out of range of the pattern with 4 heads; valid: 0..3 (negative indices count from the end)
+    """
+    err = LayerError if error is None else error
+    if not isinstance(value, (int, _np_integer())) or isinstance(value, bool):
+        raise err(f"{what} must be an int, got {value!r}; valid: 0..{n - 1}")
+    if not -n <= int(value) < n:
+        raise err(
+            f"{what} {value} is out of range{of} with {n} {what}s; valid: 0..{n - 1} "
+            "(negative indices count from the end)"
+        )
+    return int(value) % n
+
+
+def _np_integer() -> type:
+    """numpy's integer base class when numpy is loaded (never imported here), else ``int``."""
+    import sys
+
+    np = sys.modules.get("numpy")
+    return np.integer if np is not None else int

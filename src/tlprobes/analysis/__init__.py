@@ -26,20 +26,18 @@ from ._angles import angle_trajectory as angle_trajectory
 from ._angles import layer_angles as layer_angles
 from ._angles import rotation_decomposition as rotation_decomposition
 from ._angles import within_layer_angles as within_layer_angles
+from ._cosine import cosine_matrix as cosine_matrix
 from ._geometry import AnisotropyAccumulator as AnisotropyAccumulator
 from ._geometry import DriftAccumulator as DriftAccumulator
 from ._geometry import anisotropy as anisotropy
-from ._geometry import cosine_matrix as cosine_matrix
 from ._geometry import drift as drift
-from ._geometry import pca as pca
-from ._geometry import state_space_trajectories as state_space_trajectories
-from ._geometry import tsne as tsne
 from ._heads import head_contrast as head_contrast
 from ._heads import head_ranking as head_ranking
 from ._lens import effective_rank as effective_rank
 from ._lens import lens_readout as lens_readout
 from ._lens import unembedding_spectrum as unembedding_spectrum
 from ._lens import weight_tying as weight_tying
+from ._pca import pca as pca
 from ._paths import PathAccumulator as PathAccumulator
 from ._paths import decompose_steps as decompose_steps
 from ._paths import next_token_values as next_token_values
@@ -59,6 +57,8 @@ from ._stats import independent_test as independent_test
 from ._stats import layer_summary as layer_summary
 from ._stats import paired_test as paired_test
 from ._stats import sign_flip_test as sign_flip_test
+from ._trajectories import state_space_trajectories as state_space_trajectories
+from ._tsne import tsne as tsne
 
 __all__ = [
     # angles

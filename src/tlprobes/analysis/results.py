@@ -21,14 +21,12 @@ from ._angles import RotationDecomposition as RotationDecomposition
 from ._angles import WithinLayerAngles as WithinLayerAngles
 from ._geometry import Anisotropy as Anisotropy
 from ._geometry import Drift as Drift
-from ._geometry import PCAResult as PCAResult
-from ._geometry import StateSpace as StateSpace
-from ._geometry import TSNEResult as TSNEResult
 from ._heads import HeadContrast as HeadContrast
 from ._heads import HeadRanking as HeadRanking
 from ._lens import LogitLensResult as LogitLensResult
 from ._lens import Spectrum as Spectrum
 from ._lens import WeightTying as WeightTying
+from ._pca import PCAResult as PCAResult
 from ._paths import PathLength as PathLength
 from ._paths import PathSummary as PathSummary
 from ._paths import StepDecomposition as StepDecomposition
@@ -41,6 +39,8 @@ from ._stats import LayerSummary as LayerSummary
 from ._stats import PairedTest as PairedTest
 from ._stats import SignFlipTest as SignFlipTest
 from ._stream import StreamedSummary as StreamedSummary
+from ._trajectories import StateSpace as StateSpace
+from ._tsne import TSNEResult as TSNEResult
 
 __all__ = [
     "AngleTrajectory", "WithinLayerAngles", "RotationDecomposition",
