@@ -14,6 +14,8 @@ They are listed here for ``isinstance`` checks and type hints; the analyzers in
 
 from __future__ import annotations
 
+from ._align import Neighbors as Neighbors
+from ._align import RetrievalPrecision as RetrievalPrecision
 from ._align import WordAlignment as WordAlignment
 from ._align import WordStates as WordStates
 from ._angles import AngleTrajectory as AngleTrajectory
@@ -31,6 +33,7 @@ from ._paths import PathLength as PathLength
 from ._paths import PathSummary as PathSummary
 from ._paths import StepDecomposition as StepDecomposition
 from ._procrustes import EmbeddingMap as EmbeddingMap
+from ._procrustes import SharedVocabulary as SharedVocabulary
 from ._rsa import RSAResult as RSAResult
 from ._stats import BootstrapCI as BootstrapCI
 from ._stats import Correlation as Correlation
@@ -48,7 +51,8 @@ __all__ = [
     "LogitLensResult", "WeightTying", "Spectrum",
     "PCAResult", "TSNEResult", "Drift", "Anisotropy", "StateSpace",
     "HeadRanking", "HeadContrast",
-    "EmbeddingMap", "WordAlignment", "WordStates", "RSAResult",
+    "EmbeddingMap", "SharedVocabulary", "WordAlignment", "WordStates", "Neighbors",
+    "RetrievalPrecision", "RSAResult",
     "LayerSummary", "PairedTest", "IndependentTest", "Correlation", "SignFlipTest", "BootstrapCI",
     "StreamedSummary",
 ]
