@@ -30,6 +30,13 @@ def _entered_twice(m):
             m(P[0])
 
 
+def _post_init(probe, **fields):
+    """Re-run a probe's own checks on fields the test run's type checker would refuse first."""
+    for k, v in fields.items():
+        object.__setattr__(probe, k, v)
+    probe.__post_init__()
+
+
 def _nested_forward(m):
     def hook(t, hook):
         m(P[1])  # a hook that calls the model
@@ -76,6 +83,22 @@ API_CASES = [
     ("nested-forward", _nested_forward, tp.TLProbesError, RuntimeError, "inside another one"),
     ("run-with-hooks", lambda m: _inside(m, lambda: m.run_with_hooks(P[0])), tp.TLProbesError,
      RuntimeError, "without going through model"),
+    # once a bare TLProbesError: now the subclass of the matching built-in
+    ("top-k-0", lambda m: tp.LogitLens(top_k=0), tp.errors.OptionError, ValueError,
+     "top_k must be a positive int, got 0"),
+    ("top-k-str", lambda m: _post_init(tp.LogitLens(), top_k="5"), tp.errors.ArgumentError, TypeError,
+     "top_k must be a positive int, got '5'"),
+    ("lens-targets", lambda m: tp.LogitLens(targets="prev"), tp.errors.OptionError, ValueError,
+     "unknown targets 'prev'"),
+    ("top-k-vocab", lambda m: tp.run(m, P, tp.LogitLens(top_k=10**7)), tp.errors.OptionError,
+     ValueError, "exceeds the vocabulary size"),
+    ("lens-target-shape", lambda m: tp.run(m, P, tp.LogitLens(targets=torch.zeros(1, 1).long())),
+     tp.errors.InputError, ValueError, r"targets has shape \(1, 1\)"),
+    ("final-state", lambda m: _post_init(tp.Residual(), final_state="middle"), tp.errors.OptionError,
+     ValueError,
+     "unknown final_state 'middle'"),
+    ("missing-capture", lambda m: tp.run(m, P, tp.Residual())["residul"],
+     tp.errors.MissingCaptureError, KeyError, "no capture named 'residul'"),
 ]
 
 

@@ -96,8 +96,7 @@ class ArgumentError(TLProbesError, TypeError):
 class SessionError(TLProbesError, RuntimeError):
     """A session used in a way it cannot capture correctly: entered twice, attached to a model that a
     session in another thread holds, or a forward pass inside it that tlprobes cannot see
-    (``run_with_cache`` / ``run_with_hooks`` on a bridge, a nested forward) or that stopped early
-    (``stop_at_layer``: hooks that never fired)."""
+    (``run_with_cache`` / ``run_with_hooks`` on a bridge, a nested forward)."""
 
 
 class SuiteError(TLProbesError, ValueError):

@@ -23,7 +23,7 @@ from ._adapter import Adapter, adapter_for
 import difflib
 import inspect
 
-from ._errors import ArgumentError, InputError, TLProbesError, choices
+from ._errors import ArgumentError, InputError, SessionError, choices
 from ._result import Result
 from ._session import Session
 from .capture._base import Probe
@@ -186,7 +186,7 @@ def run(
             model(tokens.to(model_device), attention_mask=mask.to(model_device), **forward_kwargs)
             session.finish()  # the logits of this call are gone: deferred work peaks lower
     if session.n_batches != len(starts):  # pragma: no cover - defensive
-        raise TLProbesError(f"expected {len(starts)} batches, captured {session.n_batches}")
+        raise SessionError(f"expected {len(starts)} batches, captured {session.n_batches}")
     return session.result
 
 

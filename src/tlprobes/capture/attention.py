@@ -32,7 +32,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .._adapter import Adapter, Meta
-from .._errors import HeadError, InputError, LayerError, TLProbesError, choices
+from .._errors import HeadError, InputError, LayerError, choices
 from .._result import Displayable, Inputs, pad_cat
 from ._base import BatchContext, Probe
 from ._positions import PositionSpec, check_spec
@@ -245,7 +245,7 @@ class Attention(Probe):
         if refs or "pattern" not in scratch:
             if len(refs) != len(layers):
                 missing = [l for i, l in enumerate(layers) if i not in refs][:4]
-                raise TLProbesError(
+                raise InputError(
                     f"{self.name}: the patterns of layers {missing} were not captured in this forward "
                     "pass; tlprobes captures whole forward passes (no stop_at_layer / start_at_layer)"
                 )

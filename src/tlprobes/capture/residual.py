@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .._adapter import Adapter, Meta
-from .._errors import TLProbesError, choices
+from .._errors import OptionError, choices
 from .._result import Inputs
 from ._base import BatchContext, Probe, cat_pieces
 from ._capture import Captured
@@ -84,7 +84,7 @@ class Residual(Probe):
     def __post_init__(self) -> None:
         object.__setattr__(self, "positions", check_spec(self.positions))
         if self.final_state not in _FINAL:
-            raise TLProbesError(
+            raise OptionError(
                 f"unknown final_state {self.final_state!r}; valid: {choices(_FINAL)}"
             )
 
