@@ -298,7 +298,8 @@ def map_embeddings(
     >>> import numpy as np
     >>> E = np.random.default_rng(0).normal(size=(60, 8))
     >>> m = map_embeddings(E, E[:, ::-1])
-    >>> m.scores["test"]["p_at_k_nn"], m.scores["identity"]["p_at_k_nn"] < 1
+    >>> test, identity = m.scores["test"], m.scores["identity"]
+    >>> test["p_at_k_nn"], identity["p_at_k_nn"] < 1
     (1.0, True)
     """
     A, B = as_array(X), as_array(Y)
