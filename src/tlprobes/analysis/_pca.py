@@ -4,7 +4,7 @@ variance, k95 and the participation ratio.
     >>> import numpy as np
     >>> r = pca(np.random.default_rng(0).normal(size=(50, 3)) * [5.0, 1.0, 0.1], 2)
     >>> r.components.shape, r.k95
-    ((2, 3), 2)
+    ((2, 3), 1)
 """
 
 from __future__ import annotations
