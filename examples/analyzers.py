@@ -66,9 +66,9 @@ print("streamed mean angle:", acc_a.merge(acc_b).compute().summary["all"].mean.r
 
 # 3. Logit lens and the unembedding.
 W_E = rng.normal(size=(50, D))
-lens = ta.logit_lens(x, W_E.T, targets=tokens, mask=mask, top_k=3, ln="parameter-free")
+lens = ta.lens_readout(x, W_E.T, targets=tokens, mask=mask, top_k=3, ln="parameter-free")
 print("KL to final per layer:", lens.summary["kl_to_final"].mean.round(3))
-course_lens = ta.logit_lens(x, W_E.T, targets=tokens, mask=mask, apply_ln=False,
+course_lens = ta.lens_readout(x, W_E.T, targets=tokens, mask=mask, apply_ln=False,
                             ln="parameter-free")
 print("course variant (norm on x_L only):", course_lens.settings["variant"])
 print("tied:", ta.weight_tying(W_E.T, W_E).tied, "effective rank:",

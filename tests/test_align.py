@@ -131,9 +131,26 @@ def test_nearest_neighbors_equal_a_dense_argsort():
     S = (Q / np.linalg.norm(Q, axis=1, keepdims=True)) @ (T / np.linalg.norm(T, axis=1, keepdims=True)).T
     want = np.argsort(-S, axis=1)[:, :4]
     for b in (1, 4, None):
-        vals, idx = nearest_neighbors(Q, T, 4, block_rows=b)
+        nb = nearest_neighbors(Q, T, 4, block_rows=b)
+        vals, idx = nb.cosines, nb.indices
         np.testing.assert_array_equal(idx, want)
         np.testing.assert_allclose(vals, np.take_along_axis(S, want, 1), atol=1e-12)
+
+
+def test_neighbors_and_retrieval_precision_are_results_with_frames():
+    from tlprobes.analysis import retrieval_precision
+    from tlprobes.analysis.results import Neighbors, RetrievalPrecision
+
+    nb = nearest_neighbors(np.eye(3), np.eye(3)[[2, 0, 1]], 2)
+    assert isinstance(nb, Neighbors) and nb.indices[:, 0].tolist() == [1, 2, 0]
+    df = nb.to_frame()
+    assert list(df.columns) == ["layer", "group", "statistic", "value"]
+    assert df.query("group == 'query0' and statistic == 'index_1'").value.tolist() == [1.0]
+    rp = retrieval_precision(np.eye(3), np.eye(3)[[2, 0, 1]], np.array([1, 2, 0]), methods=["nn"])
+    assert isinstance(rp, RetrievalPrecision) and rp["nn"] == 1.0 and rp.precision == {"nn": 1.0}
+    assert rp.to_frame().query("group == 'nn'").value.tolist() == [1.0]
+    with pytest.raises(KeyError, match="csls"):
+        rp["csls"]
 
 
 def test_blockwise_retrieval_never_holds_the_query_by_target_matrix():

@@ -189,11 +189,11 @@ def test_zero_vectors_give_nan_and_warning_not_crash():
     assert np.isfinite(res.summary["target"].mean).all()
 
 
-def test_bonferroni_course_uses_n_hiddens():
+def test_bonferroni_states_uses_n_hiddens():
     x = _study_data()
     t = np.full(8, 3)
     a = angle_trajectory(x, t, bonferroni="bonferroni").tests["target-before"]
-    b = angle_trajectory(x, t, bonferroni="course").tests["target-before"]
+    b = angle_trajectory(x, t, bonferroni="bonferroni_states").tests["target-before"]
     np.testing.assert_allclose(np.minimum(1, a.p * 6), b.p_bonferroni)  # L = 5 tests, m = 6
 
 

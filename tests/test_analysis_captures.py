@@ -35,11 +35,11 @@ def test_analyzers_agree_with_core_captures(model):
                                rtol=1e-4)
     # the array-level lens with the model's ln_final reproduces the core's lens
     tg = res.logit_lens.target_ids
-    mine = ta.logit_lens(r, model.W_U.detach(), model.b_U.detach(), ln=model.ln_final, targets=tg)
+    mine = ta.lens_readout(r, model.W_U.detach(), model.b_U.detach(), ln=model.ln_final, targets=tg)
     ok = r.mask.numpy() & (tg.numpy() >= 0)
     core = res.logit_lens.target_logprob.double().numpy()
     np.testing.assert_allclose(mine.target_logprob[:, ok], core[:, ok], atol=1e-4)
-    summ = ta.logit_lens(res.logit_lens).summary["target_logprob"]
+    summ = ta.lens_readout(res.logit_lens).summary["target_logprob"]
     np.testing.assert_allclose(summ.mean, np.nanmean(core[:, ok], axis=1), rtol=1e-6)
     # string targets resolve through positions/str_tokens; mode is recorded
     traj = ta.angle_trajectory(r, " her")

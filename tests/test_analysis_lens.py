@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from tlprobes._errors import InputError
-from tlprobes.analysis import effective_rank, logit_lens, unembedding_spectrum, weight_tying
+from tlprobes._tl.adapter import adapter_for
+from tlprobes.analysis import effective_rank, lens_readout, unembedding_spectrum, weight_tying
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def setup():
 
 def test_logit_lens_matches_torch_oracle(setup):
     x, W_U, b_U, ln, tg = setup
-    res = logit_lens(x, W_U, b_U, ln=ln, targets=tg, top_k=3)
+    res = lens_readout(x, W_U, b_U, ln=ln, targets=tg, top_k=3)
     with torch.no_grad():
         z = ln(x) @ W_U + b_U
     lp = F.log_softmax(z, -1)
@@ -52,34 +53,34 @@ def test_logit_lens_matches_torch_oracle(setup):
 
 def test_weight_bias_pair_equals_module_and_course_variant_skips_ln(setup):
     x, W_U, b_U, ln, tg = setup
-    a = logit_lens(x, W_U, b_U, ln=ln, targets=tg)
-    b = logit_lens(x, W_U, b_U, ln=(ln.weight.detach(), ln.bias.detach()), targets=tg)
+    a = lens_readout(x, W_U, b_U, ln=ln, targets=tg)
+    b = lens_readout(x, W_U, b_U, ln=(ln.weight.detach(), ln.bias.detach()), targets=tg)
     np.testing.assert_allclose(a.target_logprob, b.target_logprob, atol=1e-10)
     # the course's variant: no norm on x_0..x_(L-1), the model's norm on x_L (HF hidden_states)
-    c = logit_lens(x, W_U, targets=tg, apply_ln=False, ln=ln)
+    c = lens_readout(x, W_U, targets=tg, apply_ln=False, ln=ln)
     with torch.no_grad():
         hs = torch.cat([x[:-1], ln(x[-1:])])
     ref = F.log_softmax(hs @ W_U, -1).gather(-1, tg[None, ..., None].expand(4, -1, -1, 1))[..., 0]
     np.testing.assert_allclose(c.target_logprob, ref.numpy(), atol=1e-10)
-    faithful = logit_lens(x, W_U, ln=ln, targets=tg)
+    faithful = lens_readout(x, W_U, ln=ln, targets=tg)
     np.testing.assert_allclose(c.target_logprob[-1], faithful.target_logprob[-1], atol=1e-10)
     assert np.abs(c.target_logprob[:-1] - faithful.target_logprob[:-1]).max() > 1e-3
     assert c.settings["variant"].startswith("course")
     # on states that are HF's hidden states already, nothing more is normalised
-    d = logit_lens(hs, W_U, targets=tg, apply_ln=False, ln="identity")
+    d = lens_readout(hs, W_U, targets=tg, apply_ln=False, ln="identity")
     np.testing.assert_allclose(d.target_logprob, ref.numpy(), atol=1e-10)
     with pytest.raises(InputError, match="W_U"):
-        logit_lens(x, W_U.T, ln=ln)
+        lens_readout(x, W_U.T, ln=ln)
 
 
 def test_bare_arrays_need_the_norm_named(setup):
     x, W_U, b_U, ln, tg = setup
     for apply_ln in (True, False):
         with pytest.raises(InputError, match="needs the final norm named.*parameter-free"):
-            logit_lens(x, W_U, b_U, targets=tg, apply_ln=apply_ln)
+            lens_readout(x, W_U, b_U, targets=tg, apply_ln=apply_ln)
     with pytest.raises(InputError, match="unknown ln 'layernorm'"):
-        logit_lens(x, W_U, ln="layernorm")
-    free = logit_lens(x, W_U, b_U, targets=tg, ln="parameter-free")
+        lens_readout(x, W_U, ln="layernorm")
+    free = lens_readout(x, W_U, b_U, targets=tg, ln="parameter-free")
     with torch.no_grad():
         z = F.layer_norm(x, (x.shape[-1],), eps=1e-5) @ W_U + b_U
     ref = F.log_softmax(z, -1).gather(-1, tg[None, ..., None].expand(4, -1, -1, 1))[..., 0]
@@ -94,8 +95,8 @@ def test_ln_f_final_state_is_not_normalised_twice(setup):
         x2[-1] = ln(x[-1])
     cap = types.SimpleNamespace(resid=x2, mask=torch.ones(2, 5, dtype=torch.bool),
                                 final_state="ln_f", meta={"mode": "raw"})
-    a = logit_lens(cap, W_U, b_U, ln=ln, targets=tg)
-    b = logit_lens(x, W_U, b_U, ln=ln, targets=tg)
+    a = lens_readout(cap, W_U, b_U, ln=ln, targets=tg)
+    b = lens_readout(x, W_U, b_U, ln=ln, targets=tg)
     np.testing.assert_allclose(a.target_logprob, b.target_logprob, atol=1e-10)
 
 
@@ -105,8 +106,8 @@ def test_padding_never_leaks_into_lens_summaries(setup):
     mask[1, 3:] = False
     x_pad = x.clone()
     x_pad[:, 1, 3:] = 1e4
-    a = logit_lens(x, W_U, b_U, ln=ln, targets=tg, mask=mask).to_frame()
-    b = logit_lens(x_pad, W_U, b_U, ln=ln, targets=tg, mask=mask).to_frame()
+    a = lens_readout(x, W_U, b_U, ln=ln, targets=tg, mask=mask).to_frame()
+    b = lens_readout(x_pad, W_U, b_U, ln=ln, targets=tg, mask=mask).to_frame()
     np.testing.assert_allclose(a.value, b.value, atol=1e-10)
 
 
@@ -127,7 +128,7 @@ def test_lens_capture_is_summarised():
         top_ids=torch.zeros(4, 2, 3, 2, dtype=torch.long), top_logprobs=torch.zeros(4, 2, 3, 2),
         target_ids=torch.tensor(tid), mask=torch.tensor(m), apply_ln=True,
         meta=types.SimpleNamespace(mode="compat"))
-    res = logit_lens(cap)
+    res = lens_readout(cap)
     np.testing.assert_allclose(res.summary["entropy"].mean, ent[:, m].mean(1))
     has = m & (tid >= 0)
     hit = (rank == 0)[:, has].mean(1)
@@ -142,7 +143,7 @@ def test_missing_targets_are_left_out(setup):
     x, W_U, b_U, ln, tg = setup
     tg = tg.clone()
     tg[0, 4] = -1
-    res = logit_lens(x, W_U, b_U, ln=ln, targets=tg)
+    res = lens_readout(x, W_U, b_U, ln=ln, targets=tg)
     assert np.isnan(res.target_logprob[:, 0, 4]).all() and (res.target_rank[:, 0, 4] == -1).all()
     assert res.summary["target_rank"].n.tolist() == [9] * 4
     assert res.summary["entropy"].n.tolist() == [10] * 4
@@ -179,15 +180,15 @@ def test_nan_state_warns_and_is_counted(setup):
     x = x.clone()
     x[1, 0, 2, 0] = float("nan")
     with pytest.warns(RuntimeWarning):
-        res = logit_lens(x, W_U, b_U, ln=ln, targets=tg)
+        res = lens_readout(x, W_U, b_U, ln=ln, targets=tg)
     assert res.summary["entropy"].n_nan.tolist() == [0, 1, 0, 0]
     assert np.isfinite(res.summary["entropy"].mean[1])
 
 
 def test_chunking_does_not_change_results(setup):
     x, W_U, b_U, ln, tg = setup
-    a = logit_lens(x, W_U, b_U, ln=ln, targets=tg, top_k=4)
-    b = logit_lens(x, W_U, b_U, ln=ln, targets=tg, top_k=4, chunk_elements=23 * 3)  # 3 rows
+    a = lens_readout(x, W_U, b_U, ln=ln, targets=tg, top_k=4)
+    b = lens_readout(x, W_U, b_U, ln=ln, targets=tg, top_k=4, chunk_elements=23 * 3)  # 3 rows
     np.testing.assert_array_equal(a.top_ids, b.top_ids)
     for k in ("top_logprobs", "target_logprob", "target_rank", "entropy", "kl_to_final"):
         np.testing.assert_allclose(getattr(a, k), getattr(b, k), rtol=1e-12)
@@ -202,17 +203,17 @@ def test_capture_lens_uses_the_models_own_norm(model):
     res = tp.run(model, PROMPTS, tp.Residual(), tp.LogitLens(top_k=2), batch_size=2)
     lens = res.logit_lens
     tg = lens.target_ids
-    W_U, b_U = model.W_U.detach(), tp.adapter_for(model).unembed_bias.detach()
-    mine = logit_lens(res.residual, W_U, b_U, targets=tg)
+    W_U, b_U = model.W_U.detach(), adapter_for(model).unembed_bias.detach()
+    mine = lens_readout(res.residual, W_U, b_U, targets=tg)
     m = lens.mask.numpy()
     np.testing.assert_allclose(mine.target_logprob[:, m], lens.target_logprob[:, m].numpy(),
                                atol=2e-4, equal_nan=True)
     assert "model's final norm" in mine.settings["ln"]
-    via_model = logit_lens(res.residual.resid, targets=tg, mask=res.residual.mask, model=model)
+    via_model = lens_readout(res.residual.resid, targets=tg, mask=res.residual.mask, model=model)
     np.testing.assert_allclose(via_model.target_logprob, mine.target_logprob, atol=1e-10,
                                equal_nan=True)
-    if tp.adapter_for(model).meta.mode != "raw":
+    if adapter_for(model).meta.mode != "raw":
         return  # compat mode folds the LayerNorm weights: parameter-free is then the model's own
     # the parameter-free LayerNorm (the old default) is measurably another lens on raw models
-    free = logit_lens(res.residual, W_U, b_U, targets=tg, ln="parameter-free")
+    free = lens_readout(res.residual, W_U, b_U, targets=tg, ln="parameter-free")
     assert np.nanmax(np.abs(free.target_logprob[-1] - mine.target_logprob[-1])) > 1e-3

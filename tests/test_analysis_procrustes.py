@@ -140,8 +140,12 @@ def test_inverted_softmax_matches_its_formula():
 
 
 def test_shared_vocabulary_and_errors():
-    toks, ia, ib = shared_vocabulary({"x": 3, "y": 1, "z": 2}, {"z": 0, "y": 9, "w": 1})
+    shared = shared_vocabulary({"x": 3, "y": 1, "z": 2}, {"z": 0, "y": 9, "w": 1})
+    toks, ia, ib = shared.tokens, shared.ids_a, shared.ids_b
     assert toks == ["y", "z"] and ia.tolist() == [1, 2] and ib.tolist() == [9, 0]
+    assert len(shared) == 2 and (shared.n_a, shared.n_b) == (3, 3)
+    assert shared.to_frame().set_index("statistic").value.to_dict() == {
+        "n_shared": 2.0, "n_a": 3.0, "n_b": 3.0}
     with pytest.raises(InputError, match="share no"):
         shared_vocabulary({"a": 0}, {"b": 0})
     with pytest.raises(InputError, match="'affine'"):

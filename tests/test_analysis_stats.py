@@ -73,14 +73,14 @@ def test_paired_test_matches_ttest_rel(rng):
         np.testing.assert_allclose([res.ci_low[i], res.ci_high[i]], [ci.low, ci.high])
     np.testing.assert_allclose(res.p_bonferroni, np.minimum(1, res.p * 5))
     np.testing.assert_allclose(res.p_fdr_bh, stats.false_discovery_control(res.p))
-    course = paired_test(a, b, bonferroni="course")
+    course = paired_test(a, b, bonferroni="bonferroni_states")
     np.testing.assert_allclose(course.p_bonferroni, np.minimum(1, res.p * 6))  # m = L + 1
 
 
 def test_adjust_pvalues_against_scipy_and_hand_values():
     p = np.array([0.01, 0.04, 0.03, 0.2, np.nan])
     np.testing.assert_allclose(adjust_pvalues(p, "bonferroni")[:4], [0.04, 0.16, 0.12, 0.8])
-    np.testing.assert_allclose(adjust_pvalues(p, "course")[:4], [0.06, 0.24, 0.18, 1.0])
+    np.testing.assert_allclose(adjust_pvalues(p, "bonferroni_states")[:4], [0.06, 0.24, 0.18, 1.0])
     np.testing.assert_allclose(adjust_pvalues(p, "fdr_bh")[:4],
                                stats.false_discovery_control(p[:4], method="bh"))
     np.testing.assert_allclose(adjust_pvalues(p, "fdr_bh")[:4], [0.04, 0.16 / 3, 0.16 / 3, 0.2])
@@ -181,6 +181,10 @@ def test_paired_test_with_one_pair_warns():
 def test_bonferroni_states_is_the_course_correction_under_a_clear_name():
     p = np.array([0.01, 0.02, np.nan])
     np.testing.assert_allclose(adjust_pvalues(p, "bonferroni_states")[:2], [0.04, 0.08])
-    np.testing.assert_allclose(adjust_pvalues(p, "course")[:2], [0.04, 0.08])  # the old spelling
-    t = paired_test(np.array([[1.0, 2.0, 4.0]]), np.zeros((1, 3)), bonferroni="course")
+    # the old spelling is refused with the new name (it named the course, not the correction)
+    with pytest.raises(InputError, match="method='course' was renamed: use method='bonferroni_states'"):
+        adjust_pvalues(p, "course")
+    with pytest.raises(ValueError, match="bonferroni='bonferroni_states'"):
+        paired_test(np.array([[1.0, 2.0, 4.0]]), np.zeros((1, 3)), bonferroni="course")
+    t = paired_test(np.array([[1.0, 2.0, 4.0]]), np.zeros((1, 3)), bonferroni="bonferroni_states")
     assert t.bonferroni == "bonferroni_states"

@@ -30,6 +30,13 @@ def _entered_twice(m):
             m(P[0])
 
 
+def _post_init(probe, **fields):
+    """Re-run a probe's own checks on fields the test run's type checker would refuse first."""
+    for k, v in fields.items():
+        object.__setattr__(probe, k, v)
+    probe.__post_init__()
+
+
 def _nested_forward(m):
     def hook(t, hook):
         m(P[1])  # a hook that calls the model
@@ -45,7 +52,7 @@ def _nested_forward(m):
 API_CASES = [
     # (id, call, expected error type, built-in it must also be, message regex)
     ("entered-twice", _entered_twice, tp.TLProbesError, RuntimeError, "already inside a `with`"),
-    ("bytes-as-ids", lambda m: tp.run(m, [b"bytes"], tp.Residual()), tp.InputError, ValueError,
+    ("bytes-as-ids", lambda m: tp.run(m, [b"bytes"], tp.Residual()), tp.errors.InputError, ValueError,
      "cannot read prompts of type bytes"),
     ("int-dtype", lambda m: tp.attach(m, tp.Residual(), dtype=torch.int32), tp.TLProbesError,
      TypeError, "torch.int32 would truncate"),
@@ -59,23 +66,39 @@ API_CASES = [
      TypeError, "unknown keyword argument 'colour'"),
     ("batch-size-bool", lambda m: tp.run(m, P, tp.Residual(), batch_size=True), tp.TLProbesError,
      TypeError, "batch_size must be a positive int, got bool"),
-    ("batch-size-0", lambda m: tp.run(m, P, tp.Residual(), batch_size=0), tp.InputError, ValueError,
+    ("batch-size-0", lambda m: tp.run(m, P, tp.Residual(), batch_size=0), tp.errors.InputError, ValueError,
      "batch_size must be a positive int"),
-    ("empty-prompt", lambda m: tp.run(m, [""], tp.Residual()), tp.InputError, ValueError,
+    ("empty-prompt", lambda m: tp.run(m, [""], tp.Residual()), tp.errors.InputError, ValueError,
      "prompt 0 is empty"),
-    ("layers-bool", lambda m: tp.run(m, P, tp.Attention(layers=[True])), tp.LayerError, IndexError,
+    ("layers-bool", lambda m: tp.run(m, P, tp.Attention(layers=[True])), tp.errors.LayerError, IndexError,
      "got True"),
-    ("layers-str", lambda m: tp.run(m, P, tp.Attention(layers="first")), tp.LayerError, IndexError,
+    ("layers-str", lambda m: tp.run(m, P, tp.Attention(layers="first")), tp.errors.LayerError, IndexError,
      "layers='first'"),
-    ("bad-device", lambda m: tp.attach(m, tp.Residual(), device="nonsense"), tp.InputError,
+    ("bad-device", lambda m: tp.attach(m, tp.Residual(), device="nonsense"), tp.errors.InputError,
      ValueError, "unknown device 'nonsense'"),
-    ("typo-model", lambda m: tp.load_model("defualt"), tp.UnknownModelError, ValueError,
+    ("typo-model", lambda m: tp.load_model("defualt"), tp.errors.UnknownModelError, ValueError,
      "did you mean 'default'"),
     ("not-a-probe", lambda m: tp.attach(m, "Residual"), tp.TLProbesError, TypeError,
      "is not a probe"),
     ("nested-forward", _nested_forward, tp.TLProbesError, RuntimeError, "inside another one"),
     ("run-with-hooks", lambda m: _inside(m, lambda: m.run_with_hooks(P[0])), tp.TLProbesError,
      RuntimeError, "without going through model"),
+    # once a bare TLProbesError: now the subclass of the matching built-in
+    ("top-k-0", lambda m: tp.LogitLens(top_k=0), tp.errors.OptionError, ValueError,
+     "top_k must be a positive int, got 0"),
+    ("top-k-str", lambda m: _post_init(tp.LogitLens(), top_k="5"), tp.errors.ArgumentError, TypeError,
+     "top_k must be a positive int, got '5'"),
+    ("lens-targets", lambda m: tp.LogitLens(targets="prev"), tp.errors.OptionError, ValueError,
+     "unknown targets 'prev'"),
+    ("top-k-vocab", lambda m: tp.run(m, P, tp.LogitLens(top_k=10**7)), tp.errors.OptionError,
+     ValueError, "exceeds the vocabulary size"),
+    ("lens-target-shape", lambda m: tp.run(m, P, tp.LogitLens(targets=torch.zeros(1, 1).long())),
+     tp.errors.InputError, ValueError, r"targets has shape \(1, 1\)"),
+    ("final-state", lambda m: _post_init(tp.Residual(), final_state="middle"), tp.errors.OptionError,
+     ValueError,
+     "unknown final_state 'middle'"),
+    ("missing-capture", lambda m: tp.run(m, P, tp.Residual())["residul"],
+     tp.errors.MissingCaptureError, KeyError, "no capture named 'residul'"),
 ]
 
 
@@ -93,8 +116,8 @@ def test_api_bad_inputs(model, case):
 
 
 def test_errors_subclass_the_builtins():
-    assert issubclass(tp.SiteError, KeyError) and issubclass(tp.InputError, ValueError)
-    assert issubclass(tp.ModelError, TypeError) and issubclass(tp.ResultsError, ValueError)
+    assert issubclass(tp.errors.SiteError, KeyError) and issubclass(tp.errors.InputError, ValueError)
+    assert issubclass(tp.errors.ModelError, TypeError) and issubclass(tp.errors.ResultsError, ValueError)
 
 
 def test_made_right(model):

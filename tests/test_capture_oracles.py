@@ -119,7 +119,7 @@ def test_logit_lens_final_state_is_the_model(model):
 def test_adapter_ln_final_equals_the_module(model):
     """Our hook-free final LayerNorm equals calling the model's own ln_final, at every state."""
     res = tp.run(model, PROMPTS[:2], tp.Residual(), batch_size=2)
-    adapter = tp.adapter_for(model)
+    adapter = tp._tl.adapter.adapter_for(model)
     with torch.no_grad():
         for state in res.residual.resid:
             torch.testing.assert_close(adapter.ln_final(state), model.ln_final(state), atol=1e-5, rtol=0)
@@ -129,7 +129,7 @@ def test_course_variant_without_ln(model):
     res = tp.run(model, PROMPTS[:1], tp.LogitLens(apply_ln=False, keep_logprobs=True, positions="last"))
     # the course's states are HF's hidden_states: raw x_0..x_(L-1), ln_f(x_L) at the last one
     r = tp.run(model, PROMPTS[:1], tp.Residual(positions="last", final_state="ln_f")).residual
-    adapter = tp.adapter_for(model)
+    adapter = tp._tl.adapter.adapter_for(model)
     want = torch.log_softmax(adapter.unembed(r.resid).float(), -1)
     torch.testing.assert_close(res.logit_lens.logprobs, want, atol=1e-5, rtol=0)
 

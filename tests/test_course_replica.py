@@ -235,10 +235,10 @@ def test_lens_course_variant_equals_notebook(which, request):
     hs = torch.stack(hf(tokens, output_hidden_states=True).hidden_states)[:, :, :]
     W_U = hf.lm_head.weight.detach().T
     tg = torch.cat([nxt, torch.tensor([-1])])[None]
-    a = tp.logit_lens(hs, W_U, targets=tg, apply_ln=False, ln="identity")
+    a = tp.analysis.lens_readout(hs, W_U, targets=tg, apply_ln=False, ln="identity")
     np.testing.assert_allclose(a.target_logprob[1:, 0, :-1], ref_lp.numpy(), atol=2e-4)
     for cap in (res.residual, res.raw):  # ln_f-marked or raw: the capture carries the model's norm
-        b = tp.logit_lens(cap, W_U, targets=tg, apply_ln=False)
+        b = tp.analysis.lens_readout(cap, W_U, targets=tg, apply_ln=False)
         np.testing.assert_allclose(b.target_logprob[1:, 0, :-1], ref_lp.numpy(), atol=2e-4)
     assert "course" in b.settings["variant"]
 

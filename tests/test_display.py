@@ -10,7 +10,7 @@ PAYLOAD = "</script><img src=x onerror=alert(1)>"
 
 
 def test_results_render_offline_and_escaped(model, tmp_path):
-    if tp.adapter_for(model).meta.model_kind != "TransformerBridge" or tp.adapter_for(model).meta.mode != "raw":
+    if tp._tl.adapter.adapter_for(model).meta.model_kind != "TransformerBridge" or tp._tl.adapter.adapter_for(model).meta.mode != "raw":
         return  # rendering does not depend on the model kind; one kind is enough
     res = tp.run(model, [PROMPTS[0], "Mary said " + PAYLOAD + " to her."],
                  tp.Residual(), tp.Attention(layers=[0, 2]), tp.LogitLens(top_k=3), tp.Steps())
@@ -75,30 +75,30 @@ def _every_result(model, res):
     resid = res.residual
     out = [
         tp.angle_trajectory(resid, " her", control="clean"),
-        tp.within_layer_angles(resid, " her"),
-        tp.path_length(resid), tp.decompose_steps(res.components), tp.decompose_steps(res.steps),
-        tp.logit_lens(res.logit_lens), tp.weight_tying(rng.normal(size=(4, 9)), rng.normal(size=(9, 4))),
-        tp.unembedding_spectrum(rng.normal(size=(6, 20))), tp.pca(x), tp.tsne(x, perplexity=5),
-        tp.drift(resid), tp.anisotropy(resid), tp.rsa(x, y),
-        tp.state_space_trajectories(resid, " her"),
-        tp.map_embeddings(x, x @ np.linalg.qr(rng.normal(size=(6, 6)))[0], test_fraction=0.3),
+        tp.analysis.within_layer_angles(resid, " her"),
+        tp.path_length(resid), tp.analysis.decompose_steps(res.components), tp.analysis.decompose_steps(res.steps),
+        tp.analysis.lens_readout(res.logit_lens), tp.analysis.weight_tying(rng.normal(size=(4, 9)), rng.normal(size=(9, 4))),
+        tp.analysis.unembedding_spectrum(rng.normal(size=(6, 20))), tp.analysis.pca(x), tp.analysis.tsne(x, perplexity=5),
+        tp.analysis.drift(resid), tp.analysis.anisotropy(resid), tp.analysis.rsa(x, y),
+        tp.analysis.state_space_trajectories(resid, " her"),
+        tp.analysis.map_embeddings(x, x @ np.linalg.qr(rng.normal(size=(6, 6)))[0], test_fraction=0.3),
         ta.layer_summary(rng.normal(size=(4, 10))), ta.paired_test(rng.normal(size=(4, 10)), rng.normal(size=(4, 10))),
         ta.independent_test(rng.normal(size=(4, 10)), rng.normal(size=(4, 12))),
         ta.correlation(rng.normal(size=20), rng.normal(size=20)),
     ]
-    acc = tp.PathAccumulator()
+    acc = tp.analysis.PathAccumulator()
     acc.update(resid)
     out.append(acc.compute())
-    angles = tp.AngleAccumulator()
+    angles = tp.analysis.AngleAccumulator()
     angles.update(res.steps)
     out.append(angles.compute())
     a, b = rng.normal(size=(3, 8)), rng.normal(size=(3, 8))
-    out += [tp.sign_flip_test(a, b), tp.bootstrap_ci(a, b, n_resamples=199),
-            tp.rotation_decomposition(res.residual_mid, " her")]
+    out += [tp.analysis.sign_flip_test(a, b), tp.analysis.bootstrap_ci(a, b, n_resamples=199),
+            tp.analysis.rotation_decomposition(res.residual_mid, " her")]
     hs = tp.run(model, ["Mary saw her brother at the market.", "John gave her a small red book."],
                 tp.HeadSteps(positions=tp.Target(" her"), baseline=tp.Target(" her", offset=-1)),
                 progress=False).head_steps
-    out += [tp.head_ranking(hs, "norm"), tp.head_contrast(hs, "angle")]
+    out += [tp.analysis.head_ranking(hs, "norm"), tp.analysis.head_contrast(hs, "angle")]
     return out
 
 
@@ -171,7 +171,7 @@ def test_bundle_sent_once_per_kernel_and_again_when_its_cell_reruns(shipped, mon
         assert total < 2_000_000, total  # ten attention views, well under 2 MB
         _repr.notebook_bundle("always")
         assert probe in res.attention._repr_html_()
-        with pytest.raises(tp.InputError, match="'once', 'always'"):
+        with pytest.raises(tp.errors.InputError, match="'once', 'always'"):
             _repr.notebook_bundle("sometimes")
     finally:
         _repr.notebook_bundle("once")
@@ -256,14 +256,14 @@ def test_capture_views_show_something(shipped):
 
     kinds = dict(widgets(att.to_html()))
     assert kinds["layers"]["initialPrompt"] == 2 and kinds["layers"]["initial"] == 1
-    with pytest.raises(tp.InputError, match="prompt 7 .* 0, 1, 2"):
+    with pytest.raises(tp.errors.InputError, match="prompt 7 .* 0, 1, 2"):
         res.attention.view(prompt=7)
 
 
 def test_attention_view_4d_pattern_message():
     pat = np.tril(np.ones((3, 2, 4, 4)))
-    with pytest.raises(tp.LayerError, match="read as \\[layer, head, dest, src\\] with 3 layers"):
-        tp.attention_view(pat, list("abcd"))
+    with pytest.raises(tp.errors.LayerError, match="read as \\[layer, head, dest, src\\] with 3 layers"):
+        tp.render.attention_view(pat, list("abcd"))
     # under the jaxtyping+beartype test hook the annotation rejects a 5-D pattern first
-    with pytest.raises((tp.InputError, TypeError), match="for one prompt|pattern"):
-        tp.attention_view(pat[None], list("abcd"))
+    with pytest.raises((tp.errors.InputError, TypeError), match="for one prompt|pattern"):
+        tp.render.attention_view(pat[None], list("abcd"))

@@ -545,12 +545,12 @@ def test_family_float32_matches_hf(family, side, tmp_path_factory):
     )
     r, att, comp, lens = res.residual, res.attention, res.components, res.logit_lens
     # the analyzer on the residual states, reading through the model itself, is the same lens
-    summary = tp.logit_lens(r, model)
+    summary = tp.analysis.lens_readout(r, model)
     np.testing.assert_allclose(
         summary.entropy,
         np.where(lens.mask, lens.entropy.double().numpy(), np.nan),
         atol=1e-4,
-        err_msg=f"{family}: tp.logit_lens(states, model)",
+        err_msg=f"{family}: tp.analysis.lens_readout(states, model)",
     )
     n = r.n_layers
     assert n == L

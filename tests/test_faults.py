@@ -99,32 +99,32 @@ def _assert_clean_error(model, exc, match, fn):
 
 def test_bad_input_errors(model):
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    err = _assert_clean_error(model, tp.SiteError, "resid_middle", lambda: tp.Activation("resid_middle"))
+    err = _assert_clean_error(model, tp.errors.SiteError, "resid_middle", lambda: tp.Activation("resid_middle"))
     assert "resid_mid" in str(err) and isinstance(err, KeyError)
-    _assert_clean_error(model, tp.SiteError, "hook_resid_pree",
+    _assert_clean_error(model, tp.errors.SiteError, "hook_resid_pree",
                         lambda: tp.run(model, PROMPTS, tp.Activation("blocks.0.hook_resid_pree")))
-    err = _assert_clean_error(model, tp.LayerError, "out of range",
+    err = _assert_clean_error(model, tp.errors.LayerError, "out of range",
                               lambda: tp.run(model, PROMPTS, tp.Attention(layers=[0, 99])))
     assert "99" in str(err) and f"0..{n_layers - 1}" in str(err) and isinstance(err, IndexError)
-    err = _assert_clean_error(model, tp.HeadError, "head 7",
+    err = _assert_clean_error(model, tp.errors.HeadError, "head 7",
                               lambda: tp.run(model, PROMPTS, tp.Attention(heads=[7])))
     assert f"0..{n_heads - 1}" in str(err)
-    err = _assert_clean_error(model, tp.PositionError, "absent",
+    err = _assert_clean_error(model, tp.errors.PositionError, "absent",
                               lambda: tp.run(model, PROMPTS, tp.Residual(positions=tp.Target(" zebra"))))
     assert "prompt 0" in str(err) and isinstance(err, ValueError)
-    err = _assert_clean_error(model, tp.PositionError, "absent", lambda: _attach_absent(model))
-    err = _assert_clean_error(model, tp.InputError, "longer than",
+    err = _assert_clean_error(model, tp.errors.PositionError, "absent", lambda: _attach_absent(model))
+    err = _assert_clean_error(model, tp.errors.InputError, "longer than",
                               lambda: tp.run(model, ["word " * 200], tp.Residual()))
     assert str(model.cfg.n_ctx) in str(err)
-    err = _assert_clean_error(model, tp.InputError, "mix strings and token ids",
+    err = _assert_clean_error(model, tp.errors.InputError, "mix strings and token ids",
                               lambda: tp.run(model, ["a b", [1, 2, 3]], tp.Residual()))
-    _assert_clean_error(model, tp.PositionError, "unknown position selector",
+    _assert_clean_error(model, tp.errors.PositionError, "unknown position selector",
                         lambda: tp.Residual(positions="middle"))
-    _assert_clean_error(model, tp.InputError, "padding_side",
+    _assert_clean_error(model, tp.errors.InputError, "padding_side",
                         lambda: tp.run(model, PROMPTS, tp.Residual(), padding_side="center"))
     _assert_clean_error(model, tp.TLProbesError, "two probes are named",
                         lambda: tp.run(model, PROMPTS, tp.Residual(), tp.Residual()))
-    _assert_clean_error(model, tp.PositionError, "out of range",
+    _assert_clean_error(model, tp.errors.PositionError, "out of range",
                         lambda: tp.run(model, PROMPTS, tp.Residual(positions=[40])))
 
 
@@ -141,15 +141,15 @@ def test_token_tensor_input_errors_and_equivalence(model):
     assert torch.equal(fast.inputs.tokens, slow.inputs.tokens)
     bad = ids.clone()
     bad[2, 1] = model.cfg.d_vocab
-    err = _assert_clean_error(model, tp.InputError, "outside the vocabulary",
+    err = _assert_clean_error(model, tp.errors.InputError, "outside the vocabulary",
                               lambda: tp.run(model, bad, tp.Residual()))
     assert "prompt 2" in str(err) and str(model.cfg.d_vocab) in str(err)
     long = torch.zeros((1, model.cfg.n_ctx + 1), dtype=torch.long)
-    err = _assert_clean_error(model, tp.InputError, "longer than", lambda: tp.run(model, long, tp.Residual()))
+    err = _assert_clean_error(model, tp.errors.InputError, "longer than", lambda: tp.run(model, long, tp.Residual()))
     assert str(model.cfg.n_ctx) in str(err)
-    _assert_clean_error(model, tp.InputError, "LongTensor",
+    _assert_clean_error(model, tp.errors.InputError, "LongTensor",
                         lambda: tp.run(model, ids.float(), tp.Residual()))
-    _assert_clean_error(model, tp.InputError, "empty",
+    _assert_clean_error(model, tp.errors.InputError, "empty",
                         lambda: tp.run(model, ids[:, :0], tp.Residual()))
 
 def _attach_absent(model):
@@ -158,16 +158,16 @@ def _attach_absent(model):
 
 
 def test_not_a_tl_model():
-    with pytest.raises(tp.ModelError, match="HookedTransformer") as info:
+    with pytest.raises(tp.errors.ModelError, match="HookedTransformer") as info:
         tp.attach(torch.nn.Linear(2, 2), tp.Residual())
     assert "Linear" in str(info.value) and isinstance(info.value, TypeError)
-    with pytest.raises(tp.ModelError):
+    with pytest.raises(tp.errors.ModelError):
         tp.run("gpt2", ["hi"], tp.Residual())
 
 
 def test_partial_forward_is_refused(model):
     before = hook_snapshot(model)
-    with pytest.raises(tp.InputError, match="stop_at_layer"):
+    with pytest.raises(tp.errors.InputError, match="stop_at_layer"):
         with tp.attach(model, tp.Residual()):
             model(_tokens(model), stop_at_layer=1)
     assert hook_snapshot(model) == before

@@ -131,7 +131,7 @@ def test_dla_matches_logit_attrs_and_the_logits(model):
     nxt = torch.cat([toks[:, 1:], toks[:, :1]], 1)
     with torch.no_grad():
         stack = cache.stack_head_results(layer=-1)
-        if tp.adapter_for(model).meta.mode == "compat":  # TL's logit_attrs is the frozen-scale DLA
+        if tp._tl.adapter.adapter_for(model).meta.mode == "compat":  # TL's logit_attrs is the frozen-scale DLA
             ref = cache.logit_attrs(stack, tokens=nxt)
         else:  # raw mode: TL's apply_ln_to_stack freezes the scale but skips w; apply it ourselves
             fin = model.ln_final  # the final norm's weight, read off the model itself
@@ -302,7 +302,7 @@ def test_moments_are_the_per_prompt_values(tiny):
     # the paired test from streamed moments is scipy's ttest_rel on the same per-prompt values
     from scipy import stats
 
-    c = tp.head_contrast(hs, "angle", correction="bonferroni")
+    c = tp.analysis.head_contrast(hs, "angle", correction="bonferroni")
     a = hs.tokens["angle"].numpy()
     ref = stats.ttest_rel(a[:, :, 0], a[:, :, 1], axis=1)
     np.testing.assert_allclose(c.t, ref.statistic, rtol=1e-8)
@@ -409,11 +409,11 @@ def test_bad_inputs(tiny):
     with pytest.raises(InputError, match="unknown field 'angles'.*'angle'"):
         hs.mean("angles")
     with pytest.raises(InputError, match="no baseline"):
-        tp.head_contrast(hs)
+        tp.analysis.head_contrast(hs)
     with pytest.raises(InputError, match="no group 'contrast'.*baseline="):
-        tp.head_ranking(hs, group="contrast")
+        tp.analysis.head_ranking(hs, group="contrast")
     with pytest.raises(TLProbesError):
-        tp.head_ranking(object())
+        tp.analysis.head_ranking(object())
 
 
 # --------------------------------------------------------------------------------- shipped models
@@ -440,13 +440,13 @@ def test_ranking_finds_previous_token_and_induction_heads(name):
     second, first = list(range(P + 1, 2 * P)), list(range(1, P))
     hs = tp.run(model, tokens, tp.HeadSteps(positions=second, baseline=first), batch_size=12,
                 progress=False).head_steps
-    assert tp.head_ranking(hs, "norm").top(0) == [3]
-    assert tp.head_ranking(hs, "step_proj").top(0) == [3]
-    dla = tp.head_ranking(hs, "dla")
+    assert tp.analysis.head_ranking(hs, "norm").top(0) == [3]
+    assert tp.analysis.head_ranking(hs, "step_proj").top(0) == [3]
+    dla = tp.analysis.head_ranking(hs, "dla")
     assert set(dla.top(1, 3)) == induction
     best = dla.summary["ci_low"][1, dla.top(1)[0]]
     assert best > 0  # the best induction head's CI over prompts excludes 0
-    c = tp.head_contrast(hs, "dla")
+    c = tp.analysis.head_contrast(hs, "dla")
     top = c.top(3)
     assert set(top["head"]) == induction and set(top["layer"]) == {1}
     assert (top["reject"] == 1).all()

@@ -8,7 +8,7 @@ import torch
 from conftest import PROMPTS
 
 import tlprobes as tp
-from tlprobes import InputError
+from tlprobes.errors import InputError
 
 
 def _cache_and_run(model):
@@ -49,8 +49,8 @@ def test_analyzers_take_the_cache(model):
     a = tp.path_length(cache, mask=mask)  # a bare cache: the mask is given
     b = tp.path_length(res.residual)
     np.testing.assert_allclose(a.total, b.total, rtol=1e-4, atol=1e-5)
-    d = tp.decompose_steps(cache, mask=mask)
-    np.testing.assert_allclose(d.step, tp.decompose_steps(res.components).step, rtol=1e-4, atol=1e-5)
+    d = tp.analysis.decompose_steps(cache, mask=mask)
+    np.testing.assert_allclose(d.step, tp.analysis.decompose_steps(res.components).step, rtol=1e-4, atol=1e-5)
 
 
 def test_mask_given_wins_and_bad_inputs(model):

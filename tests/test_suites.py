@@ -131,13 +131,13 @@ def test_tampered_or_truncated_runs_fail_clearly(tmp_path, tiny):
     run_suite(_suite(tmp_path, "path_length"), out=out, model=tiny, quiet=True)
     csv = out / "tables" / "path_length.csv"
     csv.write_bytes(csv.read_bytes()[:-20])  # truncated
-    with pytest.raises(tp.ResultsError, match="path_length.csv does not match the hash"):
+    with pytest.raises(tp.errors.ResultsError, match="path_length.csv does not match the hash"):
         load_results(out)
     manifest = out / "manifest.json"
     manifest.write_text(manifest.read_text()[:50])
-    with pytest.raises(tp.ResultsError, match="not valid JSON"):
+    with pytest.raises(tp.errors.ResultsError, match="not valid JSON"):
         load_results(out)
-    with pytest.raises(tp.ResultsError, match="manifest.json is missing"):
+    with pytest.raises(tp.errors.ResultsError, match="manifest.json is missing"):
         load_results(tmp_path)
 
 

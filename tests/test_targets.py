@@ -110,15 +110,15 @@ def test_probes_and_analyzers_resolve_a_word_to_the_same_tokens(gpt2_bpe_dir):
     x = r.resid.double().numpy()
     b = 1
     t, p = at.target_slots[b], at.before_slots[b]
-    np.testing.assert_allclose(at.angles["target"][:, b], tp.angle(x[1:, b, t], x[:-1, b, t]))
-    np.testing.assert_allclose(at.angles["before"][:, b], tp.angle(x[1:, b, p], x[:-1, b, p]))
+    np.testing.assert_allclose(at.angles["target"][:, b], tp.analysis.angle(x[1:, b, t], x[:-1, b, t]))
+    np.testing.assert_allclose(at.angles["before"][:, b], tp.analysis.angle(x[1:, b, p], x[:-1, b, p]))
     # piece="mean": the angle of the pieces' mean vector, the same pieces the probe keeps
     atm = tp.angle_trajectory(r, tp.Target(" Anastasia", piece="mean"), robust=False)
     mean_vec = res.pieces.resid[:, b].double().mean(1).numpy()
-    np.testing.assert_allclose(atm.angles["target"][:, b], tp.angle(mean_vec[1:], mean_vec[:-1]))
+    np.testing.assert_allclose(atm.angles["target"][:, b], tp.analysis.angle(mean_vec[1:], mean_vec[:-1]))
     # within-layer angles, the geometry analyzers and the decomposition use the same resolver
-    wl = tp.within_layer_angles(r, " Anastasia")
-    np.testing.assert_allclose(wl.target[:, b], tp.angle(x[:, b, t], x[:, b, p]))
+    wl = tp.analysis.within_layer_angles(r, " Anastasia")
+    np.testing.assert_allclose(wl.target[:, b], tp.analysis.angle(x[:, b, t], x[:, b, p]))
     # a capture holding only the word's slot still resolves (positions map back to slots)
     with pytest.warns(RuntimeWarning, match="fewer than 2 pairs"):  # no "before" slot was kept
         atw = tp.angle_trajectory(res.word, " Anastasia", robust=False)

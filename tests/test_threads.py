@@ -79,7 +79,7 @@ def test_other_threads_plain_forwards_never_leak_silently(models):
             before = seen["forwards"]
             try:
                 got = tp.run(m, A, tp.Residual(), batch_size=1)
-            except tp.SessionError as err:
+            except tp.errors.SessionError as err:
                 assert "another thread ran the model" in str(err)
                 outcomes["refused"] += 1
                 continue

@@ -13,34 +13,31 @@
     >>> result.residual.resid.shape
     torch.Size([5, 2, 1, 128])
 
-The public API is exactly what this module shows; everything else lives in private modules.
+The public API is exactly ``__all__``: capture (``attach``, ``run`` and the probes), loading, the
+two headline analyzers, and the submodules ``analysis`` (every analyzer), ``render`` (views and
+reports), ``suites``, ``models`` and ``errors`` (every error type). Everything else lives in
+private modules.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._errors import ArgumentError as ArgumentError
-from ._errors import HeadError as HeadError
-from ._errors import InputError as InputError
-from ._errors import LayerError as LayerError
-from ._errors import ModelError as ModelError
-from ._errors import PositionError as PositionError
-from ._errors import ResultsError as ResultsError
-from ._errors import SessionError as SessionError
-from ._errors import SiteError as SiteError
 from ._errors import TLProbesError as TLProbesError
-from ._errors import UnknownModelError as UnknownModelError
 
 if TYPE_CHECKING:  # the CLI's --help must not wait for torch: these load on first use
-    from ._tl.adapter import SITES as SITES
-    from ._tl.adapter import Meta as Meta
-    from ._tl.adapter import adapter_for as adapter_for
-    from ._result import Inputs as Inputs
+    from . import analysis as analysis
+    from . import errors as errors
+    from . import models as models
+    from . import render as render
+    from . import suites as suites
+    from ._tl.interop import from_cache as from_cache
     from ._result import Result as Result
     from ._runner import run as run
     from ._session import Session as Session
     from ._session import attach as attach
+    from .analysis import angle_trajectory as angle_trajectory
+    from .analysis import path_length as path_length
     from .capture import Activation as Activation
     from .capture import Attention as Attention
     from .capture import Components as Components
@@ -51,84 +48,40 @@ if TYPE_CHECKING:  # the CLI's --help must not wait for torch: these load on fir
     from .capture import ResidualMean as ResidualMean
     from .capture import Steps as Steps
     from .capture import Target as Target
+    from .models import load_model as load_model
+    from .render import Report as Report
+    from .suites import load_results as load_results
 
 __version__ = "0.1.0"
 
-# Heavy parts (scipy, pandas, sklearn, matplotlib, circuitsvis) load on first use: `tp.angle` imports
-# the analyzers, `tp.Report` the renderers.
+# Heavy parts (torch, scipy, pandas, sklearn, matplotlib, circuitsvis) load on first use:
+# `tp.Residual` imports the probes, `tp.analysis` the analyzers, `tp.Report` the renderers.
 _LAZY = {
-    "SITES": ("tlprobes._tl.adapter", "SITES"),
-    "Meta": ("tlprobes._tl.adapter", "Meta"),
-    "adapter_for": ("tlprobes._tl.adapter", "adapter_for"),
-    "Inputs": ("tlprobes._result", "Inputs"),
-    "Result": ("tlprobes._result", "Result"),
+    "attach": ("tlprobes._session", "attach"),
     "run": ("tlprobes._runner", "run"),
     "Session": ("tlprobes._session", "Session"),
-    "attach": ("tlprobes._session", "attach"),
-    "Activation": ("tlprobes.capture", "Activation"),
-    "Attention": ("tlprobes.capture", "Attention"),
-    "Components": ("tlprobes.capture", "Components"),
-    "HeadSteps": ("tlprobes.capture", "HeadSteps"),
-    "LogitLens": ("tlprobes.capture", "LogitLens"),
+    "Result": ("tlprobes._result", "Result"),
+    "Target": ("tlprobes.capture", "Target"),
     "Probe": ("tlprobes.capture", "Probe"),
     "Residual": ("tlprobes.capture", "Residual"),
-    "ResidualMean": ("tlprobes.capture", "ResidualMean"),
+    "Attention": ("tlprobes.capture", "Attention"),
+    "Components": ("tlprobes.capture", "Components"),
+    "LogitLens": ("tlprobes.capture", "LogitLens"),
+    "Activation": ("tlprobes.capture", "Activation"),
     "Steps": ("tlprobes.capture", "Steps"),
-    "Target": ("tlprobes.capture", "Target"),
-    "analysis": ("tlprobes.analysis", None),
-    "angle": ("tlprobes.analysis", "angle"),
-    "angle_trajectory": ("tlprobes.analysis", "angle_trajectory"),
-    "within_layer_angles": ("tlprobes.analysis", "within_layer_angles"),
-    "layer_angles": ("tlprobes.analysis", "layer_angles"),
-    "rotation_decomposition": ("tlprobes.analysis", "rotation_decomposition"),
-    "sign_flip_test": ("tlprobes.analysis", "sign_flip_test"),
-    "bootstrap_ci": ("tlprobes.analysis", "bootstrap_ci"),
-    "path_length": ("tlprobes.analysis", "path_length"),
-    "decompose_steps": ("tlprobes.analysis", "decompose_steps"),
-    "next_token_values": ("tlprobes.analysis", "next_token_values"),
-    "path_logit_correlation": ("tlprobes.analysis", "path_logit_correlation"),
-    "logit_lens": ("tlprobes.analysis", "logit_lens"),
-    "weight_tying": ("tlprobes.analysis", "weight_tying"),
-    "unembedding_spectrum": ("tlprobes.analysis", "unembedding_spectrum"),
-    "effective_rank": ("tlprobes.analysis", "effective_rank"),
-    "cosine_matrix": ("tlprobes.analysis", "cosine_matrix"),
-    "pca": ("tlprobes.analysis", "pca"),
-    "tsne": ("tlprobes.analysis", "tsne"),
-    "drift": ("tlprobes.analysis", "drift"),
-    "anisotropy": ("tlprobes.analysis", "anisotropy"),
-    "state_space_trajectories": ("tlprobes.analysis", "state_space_trajectories"),
-    "Procrustes": ("tlprobes.analysis", "Procrustes"),
-    "precision_at_k": ("tlprobes.analysis", "precision_at_k"),
-    "map_embeddings": ("tlprobes.analysis", "map_embeddings"),
-    "shared_vocabulary": ("tlprobes.analysis", "shared_vocabulary"),
-    "align_words": ("tlprobes.analysis", "align_words"),
-    "word_states": ("tlprobes.analysis", "word_states"),
-    "rsa": ("tlprobes.analysis", "rsa"),
-    "rdm": ("tlprobes.analysis", "rdm"),
-    "cka": ("tlprobes.analysis", "cka"),
-    "head_ranking": ("tlprobes.analysis", "head_ranking"),
-    "head_contrast": ("tlprobes.analysis", "head_contrast"),
-    "AngleAccumulator": ("tlprobes.analysis", "AngleAccumulator"),
-    "PathAccumulator": ("tlprobes.analysis", "PathAccumulator"),
-    "DriftAccumulator": ("tlprobes.analysis", "DriftAccumulator"),
-    "AnisotropyAccumulator": ("tlprobes.analysis", "AnisotropyAccumulator"),
-    "from_cache": ("tlprobes._tl.interop", "from_cache"),
-    "models": ("tlprobes.models", None),
+    "ResidualMean": ("tlprobes.capture", "ResidualMean"),
+    "HeadSteps": ("tlprobes.capture", "HeadSteps"),
     "load_model": ("tlprobes.models", "load_model"),
-    "shipped_models": ("tlprobes.models", "shipped_models"),
+    "load_results": ("tlprobes.suites", "load_results"),
+    "from_cache": ("tlprobes._tl.interop", "from_cache"),
+    "Report": ("tlprobes.render", "Report"),
+    "angle_trajectory": ("tlprobes.analysis", "angle_trajectory"),
+    "path_length": ("tlprobes.analysis", "path_length"),
+    "analysis": ("tlprobes.analysis", None),
     "render": ("tlprobes.render", None),
     "suites": ("tlprobes.suites", None),
-    "load_results": ("tlprobes.suites", "load_results"),
-    "run_suite": ("tlprobes.suites", "run_suite"),
-    "load_suite": ("tlprobes.suites", "load_suite"),
-    "Report": ("tlprobes.render", "Report"),
-    "Page": ("tlprobes.render", "Page"),
-    "attention_view": ("tlprobes.render", "attention_view"),
-    "attention_layers_view": ("tlprobes.render", "attention_layers_view"),
-    "attention_overview": ("tlprobes.render", "attention_overview"),
-    "head_summaries": ("tlprobes.render", "head_summaries"),
-    "token_view": ("tlprobes.render", "token_view"),
-    "logit_lens_table": ("tlprobes.render", "logit_lens_table"),
+    "models": ("tlprobes.models", None),
+    "errors": ("tlprobes.errors", None),
 }
 
 
@@ -145,14 +98,7 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(__all__) | {"__version__"})
 
-__all__ = [
-    "Activation", "Attention", "Components", "HeadError", "HeadSteps", "InputError", "Inputs",
-    "LayerError",
-    "LogitLens", "Meta", "ModelError", "PositionError", "Probe", "Residual", "ResidualMean",
-    "Result", "ResultsError", "SITES", "Session", "SiteError", "Steps", "TLProbesError", "Target",
-    "UnknownModelError", "ArgumentError", "SessionError",
-    "adapter_for", "attach", "run",
-    *_LAZY,
-]
+
+__all__ = ["TLProbesError", *_LAZY]

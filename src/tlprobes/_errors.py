@@ -5,7 +5,7 @@ Every error names the bad value and the valid choices, so the message alone says
     >>> import tlprobes as tp
     >>> try:
     ...     tp.Residual(positions="middle")
-    ... except tp.TLProbesError as err:
+    ... except tp.errors.TLProbesError as err:
     ...     print(type(err).__name__)
     PositionError
 
@@ -30,6 +30,9 @@ __all__ = [
     "ArgumentError",
     "SessionError",
     "SuiteError",
+    "OptionError",
+    "MissingCaptureError",
+    "check_index",
     "choices",
 ]
 
@@ -40,6 +43,13 @@ class TLProbesError(Exception):
 
 class SiteError(TLProbesError, KeyError):
     """An unknown site or hook name."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingCaptureError(TLProbesError, KeyError):
+    """A capture name that a result does not hold (``result["residul"]``)."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
@@ -59,6 +69,11 @@ class PositionError(TLProbesError, ValueError):
 
 class InputError(TLProbesError, ValueError):
     """Bad prompts or tokens: too long for the model, mixed strings and tokens, bad masks."""
+
+
+class OptionError(TLProbesError, ValueError):
+    """An option whose value is not one of its valid choices (``top_k=0``,
+    ``final_state="middle"``, ``targets="prev"``)."""
 
 
 class ModelError(TLProbesError, TypeError):
@@ -94,3 +109,37 @@ def choices(values: Iterable[object], limit: int = 12) -> str:
     if len(vals) > limit:
         return ", ".join(vals[:limit]) + f", ... ({len(vals)} in all)"
     return ", ".join(vals)
+
+
+def check_index(
+    value: object, n: int, *, what: str = "layer", error: type[TLProbesError] | None = None,
+    of: str = "",
+) -> int:
+    """Validate an index into ``n`` items (layers, heads; negative counts from the end) and return
+    it non-negative; else raise ``error`` (:class:`LayerError` by default) naming the value and
+    the valid range. The one check behind every layer and head index.
+
+    >>> check_index(-1, 4)
+    3
+    >>> check_index(4, 4, what="head", error=HeadError, of=" of the pattern")
+    Traceback (most recent call last):
+    ...
+    tlprobes._errors.HeadError: head 4 is out of range of the pattern with 4 heads; valid: 0..3 (negative indices count from the end)
+    """
+    err = LayerError if error is None else error
+    if not isinstance(value, (int, _np_integer())) or isinstance(value, bool):
+        raise err(f"{what} must be an int, got {value!r}; valid: 0..{n - 1}")
+    if not -n <= int(value) < n:
+        raise err(
+            f"{what} {value} is out of range{of} with {n} {what}s; valid: 0..{n - 1} "
+            "(negative indices count from the end)"
+        )
+    return int(value) % n
+
+
+def _np_integer() -> type:
+    """numpy's integer base class when numpy is loaded (never imported here), else ``int``."""
+    import sys
+
+    np = sys.modules.get("numpy")
+    return np.integer if np is not None else int

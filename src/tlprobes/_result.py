@@ -210,9 +210,9 @@ class Result(Display, Mapping[str, Any]):
         try:
             return self._captures[name]
         except KeyError:
-            from ._errors import SiteError
+            from ._errors import MissingCaptureError
 
-            raise SiteError(
+            raise MissingCaptureError(
                 f"no capture named {name!r}; this result holds {choices(self._captures)}"
             ) from None
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._errors import ArgumentError, InputError, TLProbesError, choices
+from ._errors import ArgumentError, InputError, SessionError, choices
 from ._result import Result
 from ._session import Session
 from ._tl import tokens as _tokens
@@ -105,7 +105,7 @@ def run(
             session.forward(tokens, mask, prompts=texts_, **forward_kwargs)
             session.finish()  # the logits of this call are gone: deferred work peaks lower
     if session.n_batches != len(starts):  # pragma: no cover - defensive
-        raise TLProbesError(f"expected {len(starts)} batches, captured {session.n_batches}")
+        raise SessionError(f"expected {len(starts)} batches, captured {session.n_batches}")
     return session.result
 
 

@@ -24,9 +24,12 @@ from jaxtyping import Float, Int, Real
 
 from .._errors import InputError, choices
 from ._inputs import as_array
+from ._tables import FrameMixin, long_frame
 
 __all__ = [
     "POOLING",
+    "Neighbors",
+    "RetrievalPrecision",
     "WordAlignment",
     "WordStates",
     "align_words",
@@ -250,18 +253,37 @@ def _block(n_cols: int, itemsize: int, block_rows: int | None) -> int:
     return max(1, BLOCK_BYTES // max(1, n_cols * itemsize))
 
 
+@dataclass(frozen=True, eq=False, repr=False)
+class Neighbors(FrameMixin):
+    """The ``k`` nearest targets of each query, best first: ``cosines`` and ``indices``, both
+    ``[n_queries, k]``."""
+
+    cosines: np.ndarray
+    indices: np.ndarray
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long table, one group per query (``query0``...), statistics ``cosine_1``, ``index_1``
+        ... by rank; ``layer`` = -1 (not per layer)."""
+        n, k = self.cosines.shape
+        cols = {(f"query{q}", f"{what}_{j + 1}"): [arr[q, j]]
+                for q in range(n) for j in range(k)
+                for what, arr in (("cosine", self.cosines), ("index", self.indices))}
+        return long_frame(cols, layers=[-1])
+
+
 def nearest_neighbors(
     queries: Real[Array, "n_q d"],
     targets: Real[Array, "n_t d"],
     k: int = 1,
     *,
     block_rows: int | None = None,
-) -> tuple[Float[np.ndarray, "n_q k"], Int[np.ndarray, "n_q k"]]:
-    """The ``k`` targets of highest cosine for each query, best first: ``(cosines, indices)``,
-    computed ``block_rows`` queries at a time (default: a block of scores fits in 32 MiB).
+) -> Neighbors:
+    """The ``k`` targets of highest cosine for each query, best first (:class:`Neighbors`:
+    ``cosines`` and ``indices``), computed ``block_rows`` queries at a time (default: a block of
+    scores fits in 32 MiB).
 
     >>> import numpy as np
-    >>> nearest_neighbors(np.eye(2), np.array([[0, 1.0], [1, 0.1]]))[1].ravel().tolist()
+    >>> nearest_neighbors(np.eye(2), np.array([[0, 1.0], [1, 0.1]])).indices.ravel().tolist()
     [1, 0]
     """
     Q, T = _unit(queries), _unit(targets)
@@ -278,7 +300,7 @@ def nearest_neighbors(
         order = np.argsort(-pv, axis=1, kind="stable")
         idx[s : s + b] = np.take_along_axis(part, order, 1)
         vals[s : s + b] = np.take_along_axis(pv, order, 1)
-    return vals, idx
+    return Neighbors(vals, idx)
 
 
 def _topk_mean(A: np.ndarray, B: np.ndarray, k: int, b: int) -> np.ndarray:
@@ -360,15 +382,38 @@ def retrieval_precision(
     k: int = 1,
     methods: Sequence[str] = METHODS,
     **kwargs: Any,
-) -> dict[str, float]:
-    """precision@k by each method (``{"nn": ..., "csls": ..., "isf": ...}``), blockwise.
+) -> RetrievalPrecision:
+    """precision@k by each method (:class:`RetrievalPrecision`; ``.precision`` maps ``"nn"``,
+    ``"csls"``, ``"isf"`` to a float), computed blockwise.
 
     >>> import numpy as np
-    >>> retrieval_precision(np.eye(3), np.eye(3))
+    >>> retrieval_precision(np.eye(3), np.eye(3)).precision
     {'nn': 1.0, 'csls': 1.0, 'isf': 1.0}
     """
-    return {m: float((retrieval_ranks(queries, targets, gold, method=m, **kwargs) < k).mean())
+    prec = {m: float((retrieval_ranks(queries, targets, gold, method=m, **kwargs) < k).mean())
             for m in methods}
+    return RetrievalPrecision(prec, int(k), int(np.shape(queries)[0]))
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class RetrievalPrecision(FrameMixin):
+    """precision@``k`` of retrieving each query's gold target, by method (``precision[method]``:
+    ``"nn"``, ``"csls"``, ``"isf"``), over ``n_queries`` queries."""
+
+    precision: dict[str, float]
+    k: int
+    n_queries: int
+
+    def __getitem__(self, method: str) -> float:
+        if method not in self.precision:
+            raise KeyError(f"no method {method!r}; computed: {choices(self.precision)}")
+        return self.precision[method]
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long table: one group per method, statistic ``p_at_k``; ``layer`` = -1."""
+        return long_frame({(m, "p_at_k"): [v] for m, v in self.precision.items()}
+                          | {("retrieval", "k"): [self.k], ("retrieval", "n_queries"): [self.n_queries]},
+                          layers=[-1])
 
 
 # ------------------------------------------------------------------- word states in context

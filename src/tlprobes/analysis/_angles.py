@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float, Real
 
 from .._errors import InputError, PositionError, choices
-from ._inputs import States, as_array, as_states, first_token_mask, warn_nan
+from ._inputs import States, as_array, as_states, included_mask, warn_nan
 from ._stats import (
     BootstrapCI,
     LayerSummary,
@@ -240,13 +240,6 @@ class AngleTrajectory(FrameMixin):
         return long_frame(cols, layers=self.layers)
 
 
-def _eligible(st: States, exclude_first: bool) -> np.ndarray:
-    ok = st.mask.copy()
-    if exclude_first:
-        ok &= ~first_token_mask(st)
-    return ok
-
-
 def _draw_control(
     st: States, kind: str, rng: np.random.Generator, exclude_first: bool
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -256,7 +249,7 @@ def _draw_control(
     if kind == "course":
         _check_course_rows(st)
     idx = np.full((L, B, 4), -1)
-    elig = _eligible(st, exclude_first)
+    elig = included_mask(st, exclude_first)
     for b in range(B):
         slots = np.flatnonzero(elig[b])
         for r in range(L):
@@ -357,7 +350,7 @@ def angle_trajectory(
     distinct valid slots i != j, angle(x_(l-1)[i], x_l[j]); ``"layer_matched"``: distinct valid
     slots at the same layer l (an anisotropy baseline). ``exclude_first`` keeps the first token
     out of the clean draws. ``bonferroni="bonferroni_states"`` uses m = L+1 like the course
-    (``"course"`` is its old name). ``control="course"`` needs every padded position captured, with
+    (the old spelling ``"course"`` is refused with this name). ``control="course"`` needs every padded position captured, with
     every prompt padded to one width (``tp.run(..., pad_to="longest")``); merge padding is refused.
     ``robust`` adds the sign-flip test and bootstrap CI (``n_resamples``, seeded with ``seed``).
 
@@ -510,7 +503,7 @@ def within_layer_angles(
     st = as_states(data, mask, mode=mode)
     L1, B, P, _ = st.values.shape
     x, m = st.values, st.mask
-    elig = _eligible(st, exclude_first)
+    elig = included_mask(st, exclude_first)
     adj = np.full((L1, B, P), np.nan)
     adj_ok = np.zeros((B, P), bool)
     for b in range(B):
@@ -586,7 +579,7 @@ class AngleAccumulator(LayerMoments):
         else:
             st = as_states(data, mask)
             th, _ = _consecutive(st)
-        ok = _eligible(st, self.settings["exclude_first"])
+        ok = included_mask(st, self.settings["exclude_first"])
         n_bad = int((~np.isfinite(th) & ok[None]).sum())
         warn_nan(n_bad, "angles")
         note_mode(self.settings, st.mode)
@@ -685,7 +678,7 @@ def rotation_decomposition(
         items = {k: np.where(t[None] >= 0, v[:, np.arange(B), tc], np.nan) for k, v in arrs.items()}
         valid = t >= 0
     else:
-        elig = _eligible(st, exclude_first)
+        elig = included_mask(st, exclude_first)
         items = {k: np.where(elig[None], v, np.nan).reshape(L, -1) for k, v in arrs.items()}
         valid = elig.reshape(-1)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -17,9 +17,8 @@ import pandas as pd
 
 from .._errors import InputError
 from .._state import check_kind
-from ._drift import _included
-from ._geometry import _unit
-from ._inputs import as_states, warn_nan
+from ._cosine import unit_rows as _unit
+from ._inputs import as_states, included_mask as _included, warn_nan
 from ._stream import check_mergeable, note_mode, to_array, to_tensor
 from ._tables import FrameMixin, long_frame
 

@@ -17,8 +17,8 @@ import pandas as pd
 
 from .._errors import InputError
 from .._state import check_kind
-from ._geometry import _unit
-from ._inputs import as_states, first_token_mask, warn_nan
+from ._cosine import unit_rows as _unit
+from ._inputs import as_states, included_mask, warn_nan
 from ._rsa import cka as linear_cka
 from ._stream import check_mergeable, note_mode, to_array, to_tensor
 from ._tables import FrameMixin, long_frame
@@ -48,8 +48,7 @@ class Drift(FrameMixin):
         return long_frame({("drift", k): getattr(self, k) for k in keys}, layers=self.layers)
 
 
-def _included(st: Any, exclude_first: bool) -> np.ndarray:
-    return st.mask & ~first_token_mask(st) if exclude_first else st.mask.copy()
+_included = included_mask
 
 
 class DriftAccumulator:

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .._errors import InputError, choices
-from ._stats import CORRECTIONS, adjust_pvalues, summary_from_moments
+from .._errors import InputError, check_index, choices
+from ._stats import CORRECTIONS, _refuse_renamed, adjust_pvalues, summary_from_moments
 from ._tables import FrameMixin
 
 __all__ = ["HeadRanking", "HeadContrast", "head_ranking", "head_contrast"]
@@ -89,9 +89,7 @@ class HeadRanking(FrameMixin):
 
     def top(self, layer: int, k: int = 1) -> list[int]:
         """The ``k`` best heads of ``layer``."""
-        L = self.order.shape[0]
-        if not isinstance(layer, int) or not -L <= layer < L:
-            raise InputError(f"layer {layer!r} is out of range; valid: 0..{L - 1}")
+        layer = check_index(layer, self.order.shape[0], of=" of this ranking")
         return [int(h) for h in self.order[layer, :k]]
 
     def to_frame(self) -> pd.DataFrame:
@@ -205,6 +203,7 @@ def head_contrast(
             "baseline=tp.Target(word, offset=-1)) to compare each head at the target with the word "
             "before"
         )
+    _refuse_renamed(correction, "correction")
     if correction not in CORRECTIONS:
         raise InputError(f"unknown correction {correction!r}; valid: {choices(CORRECTIONS)}")
     tgt = _summary(capture, statistic, "target")

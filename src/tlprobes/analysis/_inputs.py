@@ -23,7 +23,10 @@ import numpy as np
 
 from .._errors import InputError
 
-__all__ = ["States", "as_array", "as_states", "first_token_mask", "last_token_mask", "warn_nan"]
+__all__ = [
+    "States", "as_array", "as_states", "first_token_mask", "included_mask", "last_token_mask",
+    "warn_nan",
+]
 
 
 def as_array(x: Any, *, dtype: Any = np.float64) -> np.ndarray:
@@ -134,12 +137,14 @@ def as_states(
     return States(vals, m, meta=meta, **extra)
 
 
-def first_token_mask(st: States) -> np.ndarray:
+def first_token_mask(st: States | np.ndarray) -> np.ndarray:
     """``[batch, pos]`` True at each sequence's first real token (padding-aware, left or right).
 
     With ``positions`` (slots selected from the sequence) the first token is the slot whose
     position is the first attended one (``attention_mask``), or 0 without an attention mask;
-    plain arrays take each row's first valid slot."""
+    plain arrays, and a bare ``[batch, pos]`` mask, take each row's first valid slot."""
+    if not isinstance(st, States):
+        st = States(np.zeros((0,)), as_array(st, dtype=bool))
     mask = st.mask
     if st.positions is not None:
         pos = np.asarray(st.positions)
@@ -153,6 +158,20 @@ def first_token_mask(st: States) -> np.ndarray:
     rows = np.flatnonzero(mask.any(1))
     out[rows, mask[rows].argmax(1)] = True
     return out
+
+
+def included_mask(st: States | np.ndarray, exclude_first: bool = True) -> np.ndarray:
+    """``[batch, pos]`` True at the tokens an analysis uses: valid ones, without each sequence's
+    first real token when ``exclude_first`` (see :func:`first_token_mask`). A new array: callers
+    may write into it. ``st`` is :class:`States` or a bare ``[batch, pos]`` mask.
+
+    >>> import numpy as np
+    >>> included_mask(np.array([[False, True, True, True]])).tolist()
+    [[False, False, True, True]]
+    """
+    if not isinstance(st, States):
+        st = States(np.zeros((0,)), as_array(st, dtype=bool))
+    return st.mask & ~first_token_mask(st) if exclude_first else st.mask.copy()
 
 
 def last_token_mask(mask: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ effective rank.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
-    >>> r = logit_lens(rng.normal(size=(3, 1, 4, 8)), rng.normal(size=(8, 11)), top_k=2,
+    >>> r = lens_readout(rng.normal(size=(3, 1, 4, 8)), rng.normal(size=(8, 11)), top_k=2,
     ...                ln="parameter-free")
     >>> r.top_ids.shape, float(np.abs(r.kl_to_final[-1]).max())
     ((3, 1, 4, 2), 0.0)
@@ -31,10 +31,10 @@ from .._tl.adapter import Adapter, adapter_for, is_tl_model
 from ._inputs import as_array, as_states, warn_nan
 from ._norm import LN_WORDS, layer_norm
 from ._stats import LayerSummary, layer_summary
-from ._tables import FrameMixin, long_frame
+from ._tables import FrameMixin, component_columns, long_frame
 
 __all__ = [
-    "logit_lens",
+    "lens_readout",
     "LogitLensResult",
     "weight_tying",
     "WeightTying",
@@ -117,7 +117,7 @@ def _summaries(
     return out
 
 
-def logit_lens(
+def lens_readout(
     data: Any,
     W_U: Real[Array, "d_model vocab"] | torch.nn.Module | Adapter | None = None,
     b_U: Real[Array, " vocab"] | None = None,
@@ -152,7 +152,7 @@ def logit_lens(
 
     >>> import numpy as np
     >>> x = np.random.default_rng(1).normal(size=(2, 1, 3, 4))
-    >>> r = logit_lens(x, np.eye(4), targets=np.zeros((1, 3), int), ln="identity")
+    >>> r = lens_readout(x, np.eye(4), targets=np.zeros((1, 3), int), ln="identity")
     >>> r.target_rank.shape
     (2, 1, 3)
     """
@@ -177,7 +177,7 @@ def logit_lens(
     if W_U is not None and not hasattr(W_U, "shape"):  # the model (or its Adapter) given as W_U
         model, W_U = W_U, None
     if W_U is None and model is None:
-        raise InputError("logit_lens on states needs W_U [d_model, vocab] (and optionally b_U), "
+        raise InputError("lens_readout on states needs W_U [d_model, vocab] (and optionally b_U), "
                          "or model=... to take the model's own")
     st = as_states(data, mask, mode=mode)
     readout = None
@@ -190,7 +190,7 @@ def logit_lens(
     final_ln = st.meta.get("final_state") == "ln_f"
     if readout is None and norm is None and (apply_ln or not final_ln):
         raise InputError(
-            "logit_lens on bare arrays needs the final norm named (they carry no model): pass "
+            "lens_readout on bare arrays needs the final norm named (they carry no model): pass "
             "ln=model (or model=...), ln=(weight, bias), a callable such as the adapter's "
             "ln_final, ln='parameter-free' (a LayerNorm without the model's weights) or "
             "ln='identity' (the states are normalised already); a tp.Residual capture carries "
@@ -327,13 +327,14 @@ class Spectrum(FrameMixin):
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
-        df = long_frame({("spectrum", "singular_value"): self.singular_values,
-                         ("spectrum", "explained"): self.explained})
-        df = df.rename(columns={"layer": "component"})
-        extra = pd.DataFrame({"component": -1, "group": "spectrum",
-                              "statistic": ["effective_rank", "participation_ratio", "k95"],
-                              "value": [self.effective_rank, self.participation_ratio, self.k95]})
-        return pd.concat([df, extra], ignore_index=True)
+        """Long table (``layer`` = -1: not per layer): group ``sv1..svn`` with each singular value
+        and its variance fraction, group ``spectrum`` with the effective rank, participation ratio
+        and k95."""
+        return long_frame(component_columns("sv", {
+            "singular_value": self.singular_values, "explained": self.explained,
+        }) | {("spectrum", "effective_rank"): [self.effective_rank],
+              ("spectrum", "participation_ratio"): [self.participation_ratio],
+              ("spectrum", "k95"): [self.k95]}, layers=[-1])
 
 
 def unembedding_spectrum(

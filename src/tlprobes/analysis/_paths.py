@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Bool, Float, Int, Real
 
 from .._errors import InputError, choices
-from ._inputs import as_array, as_states, first_token_mask, last_token_mask, warn_nan
+from ._inputs import as_array, as_states, included_mask, last_token_mask, warn_nan
 from ._stats import Correlation, LayerSummary, adjust_pvalues, correlation, layer_summary
 from ._stream import LayerMoments, StreamedSummary, note_mode
 from ._tables import FrameMixin, long_frame
@@ -124,7 +124,7 @@ def path_length(
         if st.values.shape[0] < 2:
             raise InputError(f"need at least 2 states on the layer axis, got {st.values.shape[0]}")
         p = _path(st.values, st.mask)
-    inc = st.mask & ~first_token_mask(st) if exclude_first else st.mask.copy()
+    inc = included_mask(st, exclude_first)
     n_bad = int((np.isnan(p["total" if from_steps else "straightness"]) & inc).sum())
     warn_nan(n_bad, "path lengths or straightness values")
     L = p["steps"].shape[0]
@@ -250,7 +250,7 @@ def _decomposition(
     fields: dict[str, np.ndarray], st: Any, layers: Any, exclude_first: bool, source: str
 ) -> StepDecomposition:
     valid = st.mask
-    inc = valid & ~first_token_mask(st) if exclude_first else valid.copy()
+    inc = included_mask(st, exclude_first)
     L = fields["step"].shape[0]
 
     def vmask(v: np.ndarray) -> np.ndarray:
@@ -336,14 +336,8 @@ def path_logit_correlation(
         vals = as_array(path)
         m = np.ones(vals.shape, bool) if mask is None else as_array(mask, dtype=bool)
     nv = as_array(next_values)
-    keep = m & ~last_token_mask(m)
-    excluded = ["padding", "last"]
-    if exclude_first:
-        first = np.zeros_like(m)
-        rows = np.flatnonzero(m.any(1))
-        first[rows, m[rows].argmax(1)] = True
-        keep &= ~first
-        excluded.insert(1, "first")
+    keep = included_mask(m, exclude_first) & ~last_token_mask(m)
+    excluded = ["padding", "first", "last"] if exclude_first else ["padding", "last"]
     return correlation(vals[keep], nv[keep], excluded=tuple(excluded))
 
 
@@ -402,7 +396,7 @@ class PathAccumulator(LayerMoments):
             st = as_states(data, mask)
             p = _path(st.values, st.mask)
             steps, total, straight = p["steps"], p["total"], p["straightness"]
-        inc = st.mask & ~first_token_mask(st) if self.settings["exclude_first"] else st.mask
+        inc = included_mask(st, self.settings["exclude_first"])
         warn_nan(int((np.isnan(steps) & inc[None]).sum()), "step lengths")
         note_mode(self.settings, st.mode)
         self._fold(steps, inc[None], group)

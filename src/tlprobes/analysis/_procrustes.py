@@ -28,6 +28,7 @@ __all__ = [
     "Procrustes",
     "precision_at_k",
     "shared_vocabulary",
+    "SharedVocabulary",
     "map_embeddings",
     "EmbeddingMap",
     "KINDS",
@@ -191,19 +192,43 @@ def precision_at_k(
     return float((ranks < k).mean())
 
 
+@dataclass(frozen=True, eq=False, repr=False)
+class SharedVocabulary(FrameMixin):
+    """Token strings in both vocabularies (``tokens``, by their id in vocabulary a) and their ids
+    on each side (``ids_a``, ``ids_b``), to index two embedding matrices; ``n_a`` / ``n_b`` are
+    the vocabulary sizes."""
+
+    tokens: list[str]
+    ids_a: np.ndarray
+    ids_b: np.ndarray
+    n_a: int
+    n_b: int
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long table (``layer`` = -1): the shared count and both vocabulary sizes."""
+        return long_frame({("vocabulary", "n_shared"): [len(self.tokens)],
+                           ("vocabulary", "n_a"): [self.n_a], ("vocabulary", "n_b"): [self.n_b]},
+                          layers=[-1])
+
+
 def shared_vocabulary(
     vocab_a: Mapping[str, int], vocab_b: Mapping[str, int]
-) -> tuple[list[str], np.ndarray, np.ndarray]:
+) -> SharedVocabulary:
     """Tokens present in both vocabularies (``{token: id}``, e.g. ``tokenizer.get_vocab()``),
     sorted by their id in ``vocab_a``, with the ids on each side to index two embedding matrices.
 
-    >>> shared_vocabulary({"a": 0, "b": 1, "c": 2}, {"c": 5, "a": 7})
-    (['a', 'c'], array([0, 2]), array([7, 5]))
+    >>> v = shared_vocabulary({"a": 0, "b": 1, "c": 2}, {"c": 5, "a": 7})
+    >>> v.tokens, v.ids_a.tolist(), v.ids_b.tolist()
+    (['a', 'c'], [0, 2], [7, 5])
     """
     common = sorted(set(vocab_a) & set(vocab_b), key=lambda t: vocab_a[t])
     if not common:
         raise InputError("the two vocabularies share no token strings")
-    return (common, np.array([vocab_a[t] for t in common]), np.array([vocab_b[t] for t in common]))
+    return SharedVocabulary(common, np.array([vocab_a[t] for t in common]),
+                            np.array([vocab_b[t] for t in common]), len(vocab_a), len(vocab_b))
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -273,7 +298,8 @@ def map_embeddings(
     >>> import numpy as np
     >>> E = np.random.default_rng(0).normal(size=(60, 8))
     >>> m = map_embeddings(E, E[:, ::-1])
-    >>> m.scores["test"]["p_at_k_nn"], m.scores["identity"]["p_at_k_nn"] < 1
+    >>> test, identity = m.scores["test"], m.scores["identity"]
+    >>> test["p_at_k_nn"], identity["p_at_k_nn"] < 1
     (1.0, True)
     """
     A, B = as_array(X), as_array(Y)
@@ -283,8 +309,9 @@ def map_embeddings(
             "give both vocab_x and vocab_y (shared vocabulary) or neither (paired rows)"
         )
     if vocab_x is not None and vocab_y is not None:
-        tokens, ia, ib = shared_vocabulary(vocab_x, vocab_y)
-        A, B = A[ia], B[ib]
+        shared = shared_vocabulary(vocab_x, vocab_y)
+        tokens = shared.tokens
+        A, B = A[shared.ids_a], B[shared.ids_b]
     if A.shape[0] != B.shape[0]:
         raise InputError(f"X has {A.shape[0]} rows but Y has {B.shape[0]}; rows must be paired")
     if not 0 < test_fraction < 1:

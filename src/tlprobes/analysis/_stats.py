@@ -41,17 +41,46 @@ __all__ = [
 ]
 
 Layers = Sequence[int] | np.ndarray | None
-CORRECTIONS = ("bonferroni", "bonferroni_states", "course", "fdr_bh", "none")
+CORRECTIONS = ("bonferroni", "bonferroni_states", "fdr_bh", "none")
 #: Bonferroni names for a per-layer test: m = the number of tests (L), or m = the number of hidden
-#: states (L+1), which is the course's ``.05/n_hiddens``; ``"course"`` is the old spelling of the
-#: latter and still works.
-BONFERRONI = ("bonferroni", "bonferroni_states", "course")
+#: states (L+1), which is the course's ``.05/n_hiddens``.
+BONFERRONI = ("bonferroni", "bonferroni_states")
+#: Old spellings, refused with the new name: ``"course"`` chose a correction but said which course
+#: step it copied, not which correction.
+_RENAMED = {"course": "bonferroni_states"}
+
+
+def _refuse_renamed(name: str, what: str) -> None:
+    if isinstance(name, str) and name in _RENAMED:
+        raise InputError(
+            f"{what}={name!r} was renamed: use {what}={_RENAMED[name]!r} (Bonferroni with m = L+1 "
+            "hidden states, the course's .05/n_hiddens)"
+        )
 
 
 def _bonferroni_name(name: str) -> str:
+    _refuse_renamed(name, "bonferroni")
     if name not in BONFERRONI:
         raise InputError(f"unknown bonferroni {name!r}; choose one of {choices(BONFERRONI)}")
-    return "bonferroni_states" if name == "course" else name
+    return name
+
+
+def _finite_pairs(
+    a: Any, b: Any = None
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
+    """The per-layer preamble of every paired statistic: ``a`` and ``b`` (zeros when ``None``) as
+    float ``[layer, item]``, the number of items where both are finite per layer, and
+    ``(layer, a_i, b_i)`` with those items for each layer that has at least two.
+
+    >>> n, rows = _finite_pairs(np.array([[1.0, np.nan, 3.0], [1.0, 2.0, np.nan]]))
+    >>> n.tolist(), [(i, x.tolist()) for i, x, _ in rows]
+    ([2, 2], [(0, [1.0, 3.0]), (1, [1.0, 2.0])])
+    """
+    a = np.asarray(a, float)
+    b = np.zeros_like(a) if b is None else np.asarray(b, float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    n = ok.sum(1)
+    return n, [(i, a[i, ok[i]], b[i, ok[i]]) for i in range(a.shape[0]) if n[i] >= 2]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -127,13 +156,19 @@ def adjust_pvalues(
     m: int | None = None,
 ) -> Float[np.ndarray, " test"]:
     """Adjusted p-values (NaN stays NaN). ``"bonferroni"``: m = number of finite tests;
-    ``"bonferroni_states"`` (old name ``"course"``): Bonferroni with m = the number of hidden
-    states = tests + 1 (the course's ``.05/n_hiddens`` for L per-layer tests), or ``m``;
-    ``"fdr_bh"``: Benjamini-Hochberg through ``scipy.stats.false_discovery_control``."""
+    ``"bonferroni_states"``: Bonferroni with m = the number of hidden states = tests + 1 (the
+    course's ``.05/n_hiddens`` for L per-layer tests), or ``m``; ``"fdr_bh"``:
+    Benjamini-Hochberg through ``scipy.stats.false_discovery_control``.
+
+    >>> import numpy as np
+    >>> adjust_pvalues(np.array([0.01, 0.02]), "bonferroni_states").tolist()
+    [0.03, 0.06]
+    """
     p = np.asarray(p, float)
     out = np.full_like(p, np.nan)
     ok = np.isfinite(p)
     k = int(ok.sum())
+    _refuse_renamed(method, "method")
     if method not in CORRECTIONS:
         raise InputError(f"unknown correction {method!r}; choose one of {choices(CORRECTIONS)}")
     if k == 0:
@@ -142,7 +177,7 @@ def adjust_pvalues(
         out[ok] = p[ok]
     elif method == "bonferroni":
         out[ok] = np.minimum(1.0, p[ok] * (m if m is not None else k))
-    elif method in ("bonferroni_states", "course"):
+    elif method == "bonferroni_states":
         out[ok] = np.minimum(1.0, p[ok] * (m if m is not None else p.size + 1))
     else:
         out[ok] = stats.false_discovery_control(p[ok], method="bh")
@@ -207,23 +242,17 @@ def paired_test(
     [3]
     """
     bonferroni = _bonferroni_name(bonferroni)
-    a = np.asarray(a, float)
-    b = np.asarray(b, float)
-    L = a.shape[0]
-    res = {k: np.full(L, np.nan) for k in ("n", "md", "t", "df", "p", "dz", "lo", "hi")}
-    for i in range(L):
-        ok = np.isfinite(a[i]) & np.isfinite(b[i])
-        n = int(ok.sum())
-        res["n"][i] = n
-        if n < 2:
-            continue
-        d = a[i, ok] - b[i, ok]
+    n, rows = _finite_pairs(a, b)
+    res = {k: np.full(n.size, np.nan) for k in ("n", "md", "t", "df", "p", "dz", "lo", "hi")}
+    res["n"][:] = n
+    for i, x, y in rows:
+        d = x - y
         res["md"][i] = d.mean()
         sd = d.std(ddof=1)
         res["dz"][i] = d.mean() / sd if sd > 0 else np.nan
         if sd == 0:
             continue
-        tt = stats.ttest_rel(a[i, ok], b[i, ok])
+        tt = stats.ttest_rel(x, y)
         ci = tt.confidence_interval(0.95)
         res["t"][i], res["p"][i], res["df"][i] = tt.statistic, tt.pvalue, tt.df
         res["lo"][i], res["hi"][i] = ci.low, ci.high
@@ -384,20 +413,14 @@ def sign_flip_test(
     (True, 0.25)
     """
     bonferroni = _bonferroni_name(bonferroni)
-    a = np.asarray(a, float)
-    b = np.asarray(b, float)
-    L = a.shape[0]
-    n = np.zeros(L, int)
-    md = np.full(L, np.nan)
-    p = np.full(L, np.nan)
-    exact = np.zeros(L, bool)
+    n, rows = _finite_pairs(a, b)
+    n = n.astype(int)
+    md = np.full(n.size, np.nan)
+    p = np.full(n.size, np.nan)
+    exact = np.zeros(n.size, bool)
     rng = np.random.default_rng(seed)
-    for i in range(L):
-        ok = np.isfinite(a[i]) & np.isfinite(b[i])
-        n[i] = int(ok.sum())
-        if n[i] < 2:
-            continue
-        d = a[i, ok] - b[i, ok]
+    for i, x, y in rows:
+        d = x - y
         md[i] = d.mean()
         exact[i] = 2.0 ** n[i] <= n_resamples + 1
         res = stats.permutation_test(
@@ -448,18 +471,12 @@ def bootstrap_ci(
     >>> bool(ci.ci_low[0] < 1.0 < ci.ci_high[0])
     True
     """
-    a = np.asarray(a, float)
-    b = np.zeros_like(a) if b is None else np.asarray(b, float)
-    L = a.shape[0]
-    n = np.zeros(L, int)
-    mean, lo, hi = (np.full(L, np.nan) for _ in range(3))
+    n, rows = _finite_pairs(a, b)
+    n = n.astype(int)
+    mean, lo, hi = (np.full(n.size, np.nan) for _ in range(3))
     rng = np.random.default_rng(seed)
-    for i in range(L):
-        ok = np.isfinite(a[i]) & np.isfinite(b[i])
-        n[i] = int(ok.sum())
-        if n[i] < 2:
-            continue
-        d = a[i, ok] - b[i, ok]
+    for i, x, y in rows:
+        d = x - y
         mean[i] = d.mean()
         if np.ptp(d) == 0:
             lo[i] = hi[i] = d[0]

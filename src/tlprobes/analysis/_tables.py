@@ -1,4 +1,6 @@
 """Tidy (long) tables: one row per layer x group x statistic, built from per-layer arrays.
+Every result's ``to_frame()`` goes through :func:`long_frame`, so every table has the same four
+columns ``layer, group, statistic, value`` (``layer`` = -1 for numbers that are not per layer).
 
     >>> import numpy as np
     >>> long_frame({("target", "mean"): np.array([1.0, 2.0])}).shape
@@ -15,7 +17,10 @@ import pandas as pd
 
 from .._display import Display
 
-__all__ = ["FrameMixin", "long_frame"]
+__all__ = ["FrameMixin", "FRAME_COLUMNS", "component_columns", "long_frame"]
+
+#: The columns of every ``to_frame()``.
+FRAME_COLUMNS = ("layer", "group", "statistic", "value")
 
 
 def long_frame(
@@ -32,15 +37,32 @@ def long_frame(
         lay = np.arange(v.shape[0]) if layers is None else np.asarray(layers)[: v.shape[0]]
         parts.append(pd.DataFrame({"layer": lay, "group": group, "statistic": stat, "value": v}))
     if not parts:
-        return pd.DataFrame(columns=["layer", "group", "statistic", "value"])
+        return pd.DataFrame(columns=list(FRAME_COLUMNS))
     df = pd.concat(parts, ignore_index=True)
     df["layer"] = df["layer"].astype(int)
     return df
 
 
+def component_columns(
+    prefix: str, stats: Mapping[str, Any]
+) -> dict[tuple[str, str], list[float]]:
+    """Per-component values (PCA components, singular values) as :func:`long_frame` columns that
+    are not per layer: component ``i`` becomes group ``f"{prefix}{i + 1}"``.
+
+    >>> component_columns("pc", {"ratio": [0.75, 0.25]})
+    {('pc1', 'ratio'): [0.75], ('pc2', 'ratio'): [0.25]}
+    """
+    out: dict[tuple[str, str], list[float]] = {}
+    n = max((len(np.atleast_1d(v)) for v in stats.values()), default=0)
+    for i in range(n):
+        for stat, vals in stats.items():
+            out[(f"{prefix}{i + 1}", stat)] = [float(np.atleast_1d(vals)[i])]
+    return out
+
+
 class FrameMixin(Display):
-    """Base of analyzer results: the one display mixin (:class:`tlprobes._display.Display`) gives
-    them a one-line ``repr``, a compact HTML card (summary line + small table) and ``plot()``.
+    """Gives a result with ``to_frame()`` its notebook face: a one-line ``repr``, a compact HTML
+    card (summary line + small table) and ``plot()`` (the one display mixin, :class:`tlprobes._display.Display`).
 
     Result dataclasses use ``@dataclass(..., repr=False)`` so the mixin's ``__repr__`` is theirs."""
 

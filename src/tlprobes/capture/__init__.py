@@ -1,6 +1,12 @@
-"""Probes: what to capture (or reduce) in one forward pass. Re-exported from :mod:`tlprobes`."""
+"""Probes: what to capture (or reduce) in one forward pass, and the captures they return.
+The probes are re-exported from :mod:`tlprobes`.
 
-from ._base import BatchContext as BatchContext
+    >>> import tlprobes as tp
+    >>> from tlprobes.capture import ResidualCapture
+    >>> tp.Residual(positions="last").positions
+    'last'
+"""
+
 from ._base import Probe as Probe
 from ._positions import Target as Target
 from .activation import Activation as Activation
@@ -21,7 +27,10 @@ from .residual import Residual as Residual
 from .residual import ResidualCapture as ResidualCapture
 
 __all__ = [
-    "Activation", "ActivationCapture", "Attention", "AttentionCapture", "BatchContext",
-    "Components", "ComponentsCapture", "HeadSteps", "HeadStepsCapture", "LogitLens", "LogitLensCapture", "Probe", "Residual",
-    "ResidualCapture", "ResidualMean", "ResidualMeanCapture", "Steps", "StepsCapture", "Target",
+    # probes
+    "Probe", "Residual", "Attention", "Components", "LogitLens", "Activation", "Steps",
+    "ResidualMean", "HeadSteps", "Target",
+    # captures
+    "ResidualCapture", "AttentionCapture", "ComponentsCapture", "LogitLensCapture",
+    "ActivationCapture", "StepsCapture", "ResidualMeanCapture", "HeadStepsCapture",
 ]

@@ -23,8 +23,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from .._errors import InputError
 from .._tl.adapter import Adapter, Meta
-from .._errors import TLProbesError
 from .._result import Inputs, pad_cat
 from ._positions import BatchPositions, PositionSpec
 
@@ -127,7 +127,7 @@ class BatchContext:
         filled = buf.filled if buf is not None else set()
         if len(filled) != rows:
             missing = sorted(set(range(rows)) - filled)[:4]
-            raise TLProbesError(
+            raise InputError(
                 f"{what}: rows {missing} of {key!r} were not captured in this forward pass; "
                 "tlprobes captures whole forward passes (no stop_at_layer / start_at_layer)"
             )
@@ -187,7 +187,7 @@ class Probe:
     def _stack(scratch: dict[Any, Tensor], keys: list[Any], what: str) -> Tensor:
         missing = [k for k in keys if k not in scratch]
         if missing:
-            raise TLProbesError(
+            raise InputError(
                 f"{what}: hooks {missing[:4]} did not fire in this forward pass; tlprobes captures "
                 "whole forward passes (no stop_at_layer / start_at_layer)"
             )

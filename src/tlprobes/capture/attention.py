@@ -32,7 +32,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .._display import Display
-from .._errors import HeadError, InputError, LayerError, TLProbesError, choices
+from .._errors import HeadError, InputError, LayerError, choices
 from .._result import Inputs, pad_cat
 from .._state import check_kind, stateful
 from .._tl.adapter import Adapter, Meta
@@ -261,7 +261,7 @@ class Attention(Probe):
         if refs or "pattern" not in scratch:
             if len(refs) != len(layers):
                 missing = [l for i, l in enumerate(layers) if i not in refs][:4]
-                raise TLProbesError(
+                raise InputError(
                     f"{self.name}: the patterns of layers {missing} were not captured in this forward "
                     "pass; tlprobes captures whole forward passes (no stop_at_layer / start_at_layer)"
                 )

@@ -278,7 +278,7 @@ class HeadSteps(Probe):
         >>> probe.dla, probe.dla_target
         ('frozen', 'next')
         >>> hs = tp.run(model, prompts, probe).head_steps          # doctest: +SKIP
-        >>> tp.head_contrast(hs, "angle").top(3)                   # doctest: +SKIP
+        >>> tp.analysis.head_contrast(hs, "angle").top(3)                   # doctest: +SKIP
     """
 
     positions: PositionSpec = "all"

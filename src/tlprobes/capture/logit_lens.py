@@ -22,8 +22,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .._errors import ArgumentError, InputError, OptionError
 from .._tl.adapter import Adapter, Meta
-from .._errors import TLProbesError
 from .._result import Inputs
 from .._state import stateful
 from ._base import BatchContext, Probe, cat_pieces
@@ -106,20 +106,21 @@ class LogitLens(Probe):
     def __post_init__(self) -> None:
         object.__setattr__(self, "positions", check_spec(self.positions))
         if not isinstance(self.top_k, int) or self.top_k < 1:
-            raise TLProbesError(f"top_k must be a positive int, got {self.top_k!r}")
+            raise (OptionError if isinstance(self.top_k, int) else ArgumentError)(
+                f"top_k must be a positive int, got {self.top_k!r}")
         if not (
             self.targets is None
             or (isinstance(self.targets, str) and self.targets == "next")
             or isinstance(self.targets, (int, Tensor))
         ):
-            raise TLProbesError(
+            raise OptionError(
                 f"unknown targets {self.targets!r}; valid: 'next', None, a token id, or a "
                 "[batch, k] LongTensor"
             )
 
     def plan(self, adapter: Adapter) -> list[tuple[str, int | None]]:
         if self.top_k > adapter.d_vocab:
-            raise TLProbesError(f"top_k={self.top_k} exceeds the vocabulary size {adapter.d_vocab}")
+            raise OptionError(f"top_k={self.top_k} exceeds the vocabulary size {adapter.d_vocab}")
         adapter.require_readout()  # a random or non-standard LM head: a clear ModelError, up front
         n = adapter.n_layers
         return [("resid_pre", l) for l in range(n)] + [("resid_post", n - 1)]
@@ -138,7 +139,7 @@ class LogitLens(Probe):
             return torch.where(valid, torch.full_like(pos, self.targets), -1)
         if isinstance(self.targets, Tensor):
             if self.targets.shape != pos.shape:
-                raise TLProbesError(
+                raise InputError(
                     f"targets has shape {tuple(self.targets.shape)}, but the selected positions "
                     f"have shape {tuple(pos.shape)} [batch, k]"
                 )

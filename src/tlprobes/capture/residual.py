@@ -22,8 +22,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .._errors import OptionError, choices
 from .._tl.adapter import Adapter, Meta
-from .._errors import TLProbesError, choices
 from .._result import Inputs
 from .._state import stateful
 from ._base import BatchContext, Probe, cat_pieces
@@ -104,7 +104,7 @@ class Residual(Probe):
     def __post_init__(self) -> None:
         object.__setattr__(self, "positions", check_spec(self.positions))
         if self.final_state not in _FINAL:
-            raise TLProbesError(
+            raise OptionError(
                 f"unknown final_state {self.final_state!r}; valid: {choices(_FINAL)}"
             )
 

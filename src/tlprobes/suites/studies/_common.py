@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["series", "curve", "new_report", "pivot", "token_rows", "decode_rows"]
+__all__ = ["series", "curve", "new_report", "pivot"]
 
 
 def series(df: pd.DataFrame, group: str, stat: str) -> tuple[np.ndarray, np.ndarray]:
@@ -56,18 +56,3 @@ def new_report(manifest: dict[str, Any], heading: str, text: str) -> Any:
     report = Report(suite.get("title") or heading, facts)
     report.add_text(text)
     return report
-
-
-def token_rows(tokens: Any, mask: Any, decode: Any, n: int) -> list[list[str]]:
-    """Token strings of the first ``n`` prompts (padding kept, so slots line up with arrays)."""
-    rows = []
-    for b in range(min(n, tokens.shape[0])):
-        rows.append(decode(tokens[b].tolist()) if decode is not None else [str(i) for i in tokens[b].tolist()])
-    return rows
-
-
-def decode_rows(ids: Any, decode: Any) -> list[Any]:
-    """Decode a nested list of token ids into strings, keeping its shape."""
-    if isinstance(ids, (list, tuple)) and ids and isinstance(ids[0], (list, tuple)):
-        return [decode_rows(x, decode) for x in ids]
-    return decode(list(ids)) if decode is not None else [str(i) for i in ids]

@@ -29,6 +29,7 @@ class Geometry:
         import tlprobes as tp
         from tlprobes._tl.adapter import adapter_for
         from tlprobes.analysis import anisotropy, cosine_matrix, drift, pca, tsne
+        from tlprobes.analysis._inputs import included_mask
 
         a = ctx.analysis
         res = tp.run(ctx.model, ctx.prompts, tp.Residual(), tp.Attention(),
@@ -46,10 +47,7 @@ class Geometry:
             out.view_data[f"cosine_x{layer}"] = torch.as_tensor(
                 cosine_matrix(r.resid[layer, 0][keep].double().numpy())).float()
         # PCA eigenstructure: token embeddings (W_E rows of the prompts' tokens) and final states
-        valid = r.mask.clone()
-        if a["exclude_first"]:
-            first = valid.float().argmax(1)
-            valid[torch.arange(valid.shape[0]), first] = False
+        valid = torch.as_tensor(included_mask(r.mask.numpy(), a["exclude_first"]))
         ids = sorted(set(res.inputs.tokens[res.inputs.attention_mask].tolist()))
         emb = adapter_for(ctx.model).embed_weight.detach()[ids].double().cpu().numpy()
         p_emb = pca(emb)

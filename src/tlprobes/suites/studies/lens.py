@@ -26,7 +26,8 @@ class Lens:
 
     def compute(self, ctx: StudyContext) -> StudyOutput:
         import tlprobes as tp
-        from tlprobes.analysis import logit_lens, unembedding_spectrum, weight_tying
+        from tlprobes._tl.adapter import adapter_for
+        from tlprobes.analysis import lens_readout, unembedding_spectrum, weight_tying
 
         from tlprobes._tl.adapter import adapter_for
         from tlprobes.analysis._lens import VARIANTS
@@ -36,7 +37,7 @@ class Lens:
                      batch_size=ctx.batch_size, padding_side=ctx.padding_side,
                      progress=ctx.progress)
         out = StudyOutput()
-        out.tables["lens"] = logit_lens(res.logit_lens).to_frame()
+        out.tables["lens"] = lens_readout(res.logit_lens).to_frame()
         protocol = {"variant": [VARIANTS[True]],
                     "BOS": ["as the model was trained (prepend_bos default)"],
                     "scored against": ["the next token of the prompt"],
@@ -47,7 +48,7 @@ class Lens:
                             tp.LogitLens(top_k=a["top_k"], apply_ln=False, name="lens_no_ln"),
                             batch_size=ctx.batch_size, padding_side=ctx.padding_side,
                             prepend_bos=False, progress=ctx.progress)
-            out.tables["lens_no_ln"] = logit_lens(course.lens_no_ln).to_frame()
+            out.tables["lens_no_ln"] = lens_readout(course.lens_no_ln).to_frame()
             protocol["variant"].append(VARIANTS[False])
             protocol["BOS"].append("none (prepend_bos=False, as GPT-2's HF tokenizer encodes)")
             protocol["scored against"].append("the next token of the prompt")
