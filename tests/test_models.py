@@ -170,7 +170,7 @@ def test_shipped_files_are_small():
 
 
 def test_unknown_shipped_name_lists_the_valid_ones():
-    with pytest.raises(tp.UnknownModelError) as info:
+    with pytest.raises(tp.errors.UnknownModelError) as info:
         tm.load_model("default-s7")
     assert isinstance(info.value, TLProbesError) and isinstance(info.value, ValueError)
     msg = str(info.value)
@@ -180,7 +180,7 @@ def test_unknown_shipped_name_lists_the_valid_ones():
 
 
 def test_model_dir_unknown_name():
-    with pytest.raises(tp.UnknownModelError, match="'default-s1'"):
+    with pytest.raises(tp.errors.UnknownModelError, match="'default-s1'"):
         tm.model_dir("big")
 
 
@@ -190,13 +190,13 @@ def test_bad_kind():
 
 
 def test_directory_without_config(tmp_path):
-    with pytest.raises(tp.UnknownModelError, match="config.json"):
+    with pytest.raises(tp.errors.UnknownModelError, match="config.json"):
         tm.load_model(tmp_path)
 
 
 @pytest.mark.skipif(TL_MAJOR >= 4, reason="TL 4 asks the hub; see the offline subprocess test")
 def test_unknown_tl_name_on_hooked_lines():
-    with pytest.raises(tp.UnknownModelError, match="not-a-model-xyz"):
+    with pytest.raises(tp.errors.UnknownModelError, match="not-a-model-xyz"):
         tm.load_model("not-a-model-xyz")
 
 
@@ -210,7 +210,7 @@ def test_tl_name_without_weights_offline_is_a_clear_error():
     code = (
         "import tlprobes as tp\nimport tlprobes.models as tm\n"
         "try:\n    tm.load_model('gpt2-xl')\n"
-        "except tp.UnknownModelError as e:\n    print('RAISED', e)\n"
+        "except tp.errors.UnknownModelError as e:\n    print('RAISED', e)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     out = subprocess.run(
