@@ -365,11 +365,13 @@ def test_result_merge_and_round_trip(runs, tmp_path):
     assert_state_close(merged.state_dict(), full.state_dict())
     assert merged.inputs.str_tokens == full.inputs.str_tokens
     assert merged.meta == full.meta and merged.settings == full.settings
-    assert merged.residual.inputs is merged.inputs  # one copy of the inputs for every capture
+    for name in ("residual", "attention", "steps", "head_steps"):  # one copy of the inputs
+        assert merged[name].inputs is merged.inputs
     # a shard's result saved and loaded, then merged, is the same
     loaded = [Result.from_state_dict(_round_trip(c.state_dict(), tmp_path, f"r{i}.safetensors"))
               for i, c in enumerate(chunks)]
     assert states_equal(loaded[0].state_dict(), chunks[0].state_dict())
+    assert loaded[0].head_steps.inputs is loaded[0].inputs is loaded[0].logit_lens.inputs
     again = loaded[0].merge(loaded[1]).merge(loaded[2])
     assert_state_close(again.state_dict(), full.state_dict())
     assert again.logit_lens.top_strings(0) == full.logit_lens.top_strings(0)
