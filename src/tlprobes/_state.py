@@ -21,6 +21,7 @@ half a file.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -69,8 +70,8 @@ def stateful(cls: type) -> type:
 
 def state_class(kind: Any) -> type:
     """The registered class named ``kind`` (the capture classes register on import)."""
-    if kind not in _CLASSES:
-        import tlprobes.capture  # noqa: F401 - registers the capture classes
+    if kind not in _CLASSES:  # the capture classes register themselves when their package loads
+        importlib.import_module("tlprobes.capture")
 
     if kind not in _CLASSES:
         raise ResultsError(f"unknown state kind {kind!r}; valid: {', '.join(sorted(_CLASSES))}")
