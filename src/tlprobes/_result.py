@@ -234,7 +234,15 @@ class Result(Display, Mapping[str, Any]):
     def merge(self, other: Result) -> Result:
         """This result's prompts, then ``other``'s, capture by capture (a new result): what one
         run over both prompt lists gives, when the pieces were cut at batch boundaries. Refuses
-        results of another model, mode or dtype, or other settings, naming the differing key."""
+        results of another model, mode or dtype, or other settings, naming the differing key.
+
+            >>> model = tp.load_model()
+            >>> a = tp.run(model, ["Mary saw her."], tp.Residual(), tp.ResidualMean())
+            >>> b = tp.run(model, ["John gave her a book."], tp.Residual(), tp.ResidualMean())
+            >>> both = a.merge(b)
+            >>> both.residual.resid.shape, int(both.residual_mean.count)
+            (torch.Size([5, 2, 7, 128]), 12)
+        """
         if not isinstance(other, Result):
             raise InputError(f"cannot merge {type(other).__name__} into a Result; valid: a Result")
         check_meta(self.meta, other.meta, "results")
@@ -262,7 +270,7 @@ class Result(Display, Mapping[str, Any]):
         caps: dict[str, Any] = {}
         extra = []
         for name, cap in self._captures.items():
-            if hasattr(cap, "_fields_state"):
+            if hasattr(cap, "_fields_state") and getattr(cap, "inputs", None) is self.inputs:
                 caps[name] = {"kind": type(cap).__name__, "fields": cap._fields_state()}
                 ids = cap._extra_ids() if hasattr(cap, "_extra_ids") else None
                 if ids is not None:

@@ -21,6 +21,7 @@ half a file.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -69,8 +70,8 @@ def stateful(cls: type) -> type:
 
 def state_class(kind: Any) -> type:
     """The registered class named ``kind`` (the capture classes register on import)."""
-    if kind not in _CLASSES:
-        import tlprobes.capture  # noqa: F401 - registers the capture classes
+    if kind not in _CLASSES:  # the capture classes register themselves when their package loads
+        importlib.import_module("tlprobes.capture")
 
     if kind not in _CLASSES:
         raise ResultsError(f"unknown state kind {kind!r}; valid: {', '.join(sorted(_CLASSES))}")
@@ -202,18 +203,17 @@ def _host(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def save_state(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     """Write ``state`` as one safetensors file at ``path`` (atomically) and return the path."""
-    from safetensors.torch import save
+    from safetensors.torch import save_file
 
     tensors, skeleton = encode_state(state)
     meta = json.dumps({"version": _VERSION, "state": skeleton}, allow_nan=True, sort_keys=False)
-    data = save(_host(tensors), metadata={FORMAT: meta})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        os.close(fd)
+        save_file(_host(tensors), tmp, metadata={FORMAT: meta})  # streamed to disk, no copy
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -227,20 +227,17 @@ def save_state(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
     """Read a state written by :func:`save_state` (a safetensors file; nothing is unpickled)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise ResultsError(f"no state file at {str(path)!r}")
-    data = path.read_bytes()
     try:
-        tensors = load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + header_len])
+        with safe_open(str(path), "pt") as f:
+            raw = (f.metadata() or {}).get(FORMAT)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, ValueError, OSError) as err:
         raise ResultsError(f"{str(path)!r} is not a safetensors file: {err}") from None
-    raw = (header.get("__metadata__") or {}).get(FORMAT)
     if raw is None:
         raise ResultsError(
             f"{str(path)!r} is a safetensors file without a {FORMAT!r} metadata entry; it was "
