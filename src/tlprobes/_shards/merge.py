@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import InputError, ResultsError
-from .commit import attempts, load_commit, read_commit
+from .commit import STATE, attempts, read_commit
 from .plan import Plan
 
 __all__ = ["PRECISION", "RUN_JSON", "merge_call", "describe_call", "status", "merge_run",
@@ -41,16 +41,23 @@ def read_call(call_dir: Path) -> tuple[Plan, dict[str, Any], str]:
 
 
 def merge_call(call_dir: Path, plan: Plan, digest: str) -> Any:
-    """Every shard's :class:`~tlprobes.Result`, merged in shard order (all must be committed)."""
+    """Every shard's :class:`~tlprobes.Result`, merged in shard order (all must be committed).
+
+    Adjacent results are merged pairwise (a balanced tree that keeps shard order), so dense
+    captures are copied O(log k) times rather than k times; ``merge`` is associative.
+    """
+    from .._result import Result
+    from .._state import load_state
+
     missing = [s.index for s in plan.shards if read_commit(call_dir, s, digest) is None]
     if missing:
         raise ResultsError(f"{str(call_dir)!r}: shards {missing} of {len(plan)} have no valid "
                            "commit; rerun with resume=True (--resume) to compute them")
-    merged = None
-    for shard in plan.shards:
-        part = load_commit(call_dir, shard, digest)
-        merged = part if merged is None else merged.merge(part)
-    return merged
+    parts = [Result.from_state_dict(load_state(call_dir / s.name / STATE)) for s in plan.shards]
+    while len(parts) > 1:
+        paired = [parts[i].merge(parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        parts = paired + ([parts[-1]] if len(parts) % 2 else [])
+    return parts[0]
 
 
 def describe_call(call_dir: Path, plan: Plan, digest: str, engine: dict[str, Any]) -> dict[str, Any]:
