@@ -34,7 +34,8 @@ from torch import Tensor
 
 from ._errors import ArgumentError, ResultsError
 
-__all__ = ["save_state", "load_state", "encode_state", "decode_state", "states_equal", "FORMAT"]
+__all__ = ["save_state", "load_state", "encode_state", "decode_state", "states_equal", "check_kind",
+           "stateful", "state_class", "FORMAT"]
 
 #: The metadata key that holds the JSON part of a state.
 FORMAT = "tlprobes.state"
@@ -44,6 +45,36 @@ _DTYPES = (
     torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
     torch.float16, torch.bfloat16, torch.float32, torch.float64,
 )
+
+
+def check_kind(state: Any, cls: type) -> None:
+    """Raise :class:`~tlprobes.errors.ResultsError` unless ``state`` was written by
+    ``cls.state_dict`` (its ``"kind"`` is the class name)."""
+    kind = state.get("kind") if isinstance(state, Mapping) else None
+    if kind != cls.__name__:
+        raise ResultsError(
+            f"not a {cls.__name__} state: its 'kind' is {kind!r}; valid: {cls.__name__!r}"
+        )
+
+
+#: Classes whose states :func:`state_class` can rebuild, by name (filled by :func:`stateful`).
+_CLASSES: dict[str, type] = {}
+
+
+def stateful(cls: type) -> type:
+    """Class decorator: register ``cls`` so a saved state naming its ``kind`` can be rebuilt."""
+    _CLASSES[cls.__name__] = cls
+    return cls
+
+
+def state_class(kind: Any) -> type:
+    """The registered class named ``kind`` (the capture classes register on import)."""
+    if kind not in _CLASSES:
+        import tlprobes.capture  # noqa: F401 - registers the capture classes
+
+    if kind not in _CLASSES:
+        raise ResultsError(f"unknown state kind {kind!r}; valid: {', '.join(sorted(_CLASSES))}")
+    return _CLASSES[kind]
 
 
 def _escape(key: str) -> str:

@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 
 from .._errors import InputError
+from .._state import check_kind
 from ._drift import _included
 from ._geometry import _unit
 from ._inputs import as_states, warn_nan
-from ._stream import check_kind, check_mergeable, note_mode, to_array, to_tensor
+from ._stream import check_mergeable, note_mode, to_array, to_tensor
 from ._tables import FrameMixin, long_frame
 
 __all__ = ["Anisotropy", "AnisotropyAccumulator", "anisotropy"]

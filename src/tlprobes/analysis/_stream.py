@@ -25,12 +25,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .._errors import InputError, ResultsError
+from .._errors import InputError
+from .._state import check_kind
 from ._stats import LayerSummary, summary_from_moments
 from ._tables import FrameMixin, long_frame
 
-__all__ = ["LayerMoments", "StreamedSummary", "check_mergeable", "note_mode", "check_kind",
-           "to_tensor", "to_array"]
+__all__ = ["LayerMoments", "StreamedSummary", "check_mergeable", "note_mode", "to_tensor",
+           "to_array"]
 
 
 def note_mode(settings: dict[str, Any], mode: str) -> None:
@@ -54,15 +55,6 @@ def check_mergeable(a: Any, b: Any) -> None:
         )
     if "mode" in sb:
         sa.setdefault("mode", sb["mode"])
-
-
-def check_kind(state: Any, cls: type) -> None:
-    """Raise unless ``state`` is a state dict written by ``cls.state_dict``."""
-    kind = state.get("kind") if isinstance(state, dict) else None
-    if kind != cls.__name__:
-        raise ResultsError(
-            f"not a {cls.__name__} state: its 'kind' is {kind!r}; valid: {cls.__name__!r}"
-        )
 
 
 def to_tensor(a: np.ndarray | None) -> torch.Tensor | None:
