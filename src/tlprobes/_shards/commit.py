@@ -31,7 +31,7 @@ from .._errors import ResultsError
 from .plan import Shard
 
 __all__ = [
-    "write_commit", "read_commit", "load_commit", "start_attempt", "attempts",
+    "write_commit", "read_commit", "load_commit", "start_attempt", "attempts", "is_running",
     "fingerprint_digest", "STATE", "ROWS", "META",
 ]
 
@@ -71,21 +71,24 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
-def start_attempt(call_dir: Path, shard: Shard) -> int:
-    """Record that this process starts ``shard``; returns the attempt number (1, 2, ...)."""
+def _log(call_dir: Path, shard: Shard, event: str) -> None:
     folder = call_dir / ATTEMPTS
     folder.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "rank": _rank(),
-                       "started": time.time()})
+    line = json.dumps({"event": event, "host": socket.gethostname(), "pid": os.getpid(),
+                       "rank": _rank(), "time": time.time()})
     with (folder / shard.name).open("a", encoding="utf-8") as fh:
         fh.write(line + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def start_attempt(call_dir: Path, shard: Shard) -> int:
+    """Record that this process starts ``shard``; returns the attempt number (1, 2, ...)."""
+    _log(call_dir, shard, "start")
     return len(attempts(call_dir, shard))
 
 
-def attempts(call_dir: Path, shard: Shard) -> list[dict[str, Any]]:
-    """Every recorded start of ``shard`` (oldest first)."""
+def _events(call_dir: Path, shard: Shard) -> list[dict[str, Any]]:
     try:
         text = (call_dir / ATTEMPTS / shard.name).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -97,6 +100,28 @@ def attempts(call_dir: Path, shard: Shard) -> list[dict[str, Any]]:
         except ValueError:  # a line cut short by a crash
             continue
     return out
+
+
+def attempts(call_dir: Path, shard: Shard) -> list[dict[str, Any]]:
+    """Every recorded start of ``shard`` (oldest first)."""
+    return [e for e in _events(call_dir, shard) if e.get("event") == "start"]
+
+
+def is_running(call_dir: Path, shard: Shard) -> bool:
+    """The last start of ``shard`` has neither committed nor (on this host) lost its process."""
+    events = _events(call_dir, shard)
+    if not events or events[-1].get("event") != "start":
+        return False
+    last = events[-1]
+    if last.get("host") != socket.gethostname():
+        return True  # another machine's worker: assume it is still at work
+    try:
+        os.kill(int(last["pid"]), 0)
+    except (ProcessLookupError, KeyError, ValueError, TypeError):
+        return False
+    except PermissionError:  # pragma: no cover - alive, another user's
+        return True
+    return True
 
 
 def _rows(result: Any, shard: Shard) -> Any:
@@ -158,6 +183,7 @@ def write_commit(call_dir: Path, shard: Shard, result: Any, *, fingerprint: str,
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # another worker committed it first: keep theirs
         _fsync_dir(call_dir)
+        _log(call_dir, shard, "commit")
         return meta
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

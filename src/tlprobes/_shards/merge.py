@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import InputError, ResultsError
-from .commit import STATE, attempts, read_commit
+from .commit import STATE, attempts, is_running, read_commit
 from .plan import Plan
 
 __all__ = ["PRECISION", "RUN_JSON", "merge_call", "describe_call", "status", "merge_run",
@@ -107,7 +107,7 @@ def status(path: str | Path) -> dict[str, Any]:
         for s in plan.shards:
             if read_commit(call, s, digest) is not None:
                 done.append(s.index)
-            elif attempts(call, s):
+            elif is_running(call, s):
                 running.append(s.index)
             else:
                 missing.append(s.index)
