@@ -259,29 +259,41 @@ def _torchrun(args: list[str], n: int, env: dict[str, str] | None = None, timeou
     return subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.slow
-def test_torchrun_two_workers_equal_one_process_and_survive_a_killed_rank(tmp_path):
-    suite = _suite(tmp_path)
-    common = ["--quiet", "--batch-size", "2", "--shard-size", "2"]
-    assert cli(["run", str(suite), "--out", str(tmp_path / "plain"), *common]) == 0
-    done = _torchrun(["run", str(suite), "--out", str(tmp_path / "tr"), *common], 2)
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("plain")
+    suite = _suite(tmp)
+    assert cli(["run", str(suite), "--out", str(tmp / "plain"), *COMMON]) == 0
+    return suite, tmp / "plain"
+
+
+COMMON = ["--quiet", "--batch-size", "2", "--shard-size", "2"]
+
+
+def test_torchrun_two_workers_equal_one_process(plain_run, tmp_path):
+    suite, plain = plain_run
+    done = _torchrun(["run", str(suite), "--out", str(tmp_path / "tr"), *COMMON], 2)
     assert done.returncode == 0, done.stderr[-3000:]
-    _same_tables(tmp_path / "plain", tmp_path / "tr")
+    _same_tables(plain, tmp_path / "tr")
     man = tp.load_results(tmp_path / "tr").manifest["shards"]
     assert man["engine"] == "torchrun" and man["world_size"] == 2
-    assert {s["rank"] for s in man["calls"][0]["shards"]} == {0, 1}
+    assert [s["rank"] for s in man["calls"][0]["shards"]] == [0, 1, 0, 1, 0, 1]
 
+
+def test_a_killed_torchrun_rank_then_resume_on_one_worker_redoes_only_missing_shards(
+        plain_run, tmp_path):
+    suite, plain = plain_run
     # rank 1 dies after two commits; one worker then redoes only what is missing
-    crashed = _torchrun(["run", str(suite), "--out", str(tmp_path / "ft"), *common], 2,
+    crashed = _torchrun(["run", str(suite), "--out", str(tmp_path / "ft"), *COMMON], 2,
                         env={"TLPROBES_FAULT_EXIT_AFTER_COMMITS": "2", "TLPROBES_FAULT_RANK": "1"})
     assert crashed.returncode != 0 and not (tmp_path / "ft").exists()
     call = tmp_path / "ft.shards" / "call-000"
     before = {p.name: json.loads((p / "shard.json").read_text()) for p in call.glob("shard-*")}
     by_rank1 = sorted(n for n, m in before.items() if m["rank"] == 1)
     assert len(by_rank1) == 2 and len(before) < 6
-    assert cli(["run", str(suite), "--out", str(tmp_path / "ft"), *common, "--resume"]) == 0
+    assert cli(["run", str(suite), "--out", str(tmp_path / "ft"), *COMMON, "--resume"]) == 0
     after = {p.name: json.loads((p / "shard.json").read_text()) for p in call.glob("shard-*")}
     assert len(after) == 6
     assert all(after[n] == m for n, m in before.items())  # committed shards were not redone
     assert all(m["pid"] == os.getpid() for n, m in after.items() if n not in before)
-    _same_tables(tmp_path / "plain", tmp_path / "ft")
+    _same_tables(plain, tmp_path / "ft")
