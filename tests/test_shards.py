@@ -109,6 +109,14 @@ def test_k_shards_merged_equal_the_unsharded_run(model, tmp_path, probe):
     _assert_same(committed, whole)
 
 
+def test_a_prompt_iterator_and_pad_to_longest_shard_like_a_list(model, tmp_path):
+    whole = tp.run(model, PROMPTS, tp.Residual(), batch_size=2, pad_to="longest")
+    res = tp.run(model, (p for p in PROMPTS), tp.Residual(), batch_size=2, pad_to="longest",
+                 shard_size=4, out=tmp_path)
+    assert res.inputs.tokens.shape == whole.inputs.tokens.shape  # the run's longest, every shard
+    _assert_same(res, whole)
+
+
 def test_a_commit_holds_its_state_rows_and_hashes(model, tmp_path):
     tp.run(model, PROMPTS, tp.ResidualMean(), batch_size=2, shard_size=4, out=tmp_path)
     meta = json.loads((tmp_path / "shard-000001" / "shard.json").read_text())

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +60,7 @@ def _n_prompts(prompts: Any) -> int:
             raise InputError(f"token input must be a LongTensor [batch, pos], got shape "
                              f"{tuple(prompts.shape)}")
         return int(prompts.shape[0])
-    try:
-        return len(prompts)
-    except TypeError:
-        raise InputError(f"prompts must be a non-empty list of strings or token-id lists, got "
-                         f"{type(prompts).__name__}") from None
+    return len(prompts)
 
 
 def _open_call_dir(out: Path, run_json: dict[str, Any], resume: bool) -> None:
@@ -109,9 +106,14 @@ def run_sharded(model: Any, prompts: Any, *probes: Any, shard_size: int | None =
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         run(model, prompts, *probes, batch_size=batch_size)  # raises run's own error
     shard_size = check_shard_size(shard_size, batch_size)
-    n = _n_prompts(prompts)
     if isinstance(prompts, str):
         prompts = [prompts]
+    elif not isinstance(prompts, (torch.Tensor, Sequence)):
+        if not isinstance(prompts, Iterable):
+            raise InputError(f"prompts must be a non-empty list of strings or token-id lists, "
+                             f"got {type(prompts).__name__}")
+        prompts = list(prompts)  # a dataset iterator: the plan needs the count (strings are small)
+    n = _n_prompts(prompts)
     if pad_to == "longest":  # the longest of the whole run, not of a shard
         adapter = adapter_for(model)
         seqs, _ = _as_sequences(adapter, prompts, attention_mask, run_kwargs.get("prepend_bos"))

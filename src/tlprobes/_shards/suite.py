@@ -74,9 +74,12 @@ def open_sharding(out_dir: Path, *, suite: Any, engine: Any, shard_size: int | N
 
 
 def local_device(device: str, sharding: Sharding | None) -> str:
-    """Under torchrun a bare ``cuda`` means this rank's GPU (``cuda:LOCAL_RANK``)."""
+    """Under torchrun a bare ``cuda`` means this rank's GPU (``cuda:LOCAL_RANK``, modulo the GPU count)."""
     if sharding is not None and device == "cuda" and "LOCAL_RANK" in os.environ:
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        import torch
+
+        n = max(torch.cuda.device_count(), 1)
+        return f"cuda:{int(os.environ['LOCAL_RANK']) % n}"  # ranks share GPUs when there are fewer
     return device
 
 
