@@ -248,8 +248,15 @@ def test_a_sharded_suite_run_equals_the_plain_one_and_merges_again(tmp_path, cap
     assert cli(["status", str(tmp_path / "sharded")]) == 0
     assert "call-000: 3/3 done" in capsys.readouterr().out
     shutil.rmtree(tmp_path / "sharded")
+    again = ["run", str(suite), "--out", str(tmp_path / "sharded"), "--quiet", "--batch-size", "2",
+             "--shard-size", "4"]
+    assert cli(again) == 2
+    assert "holds the shards of an earlier run of this suite; pass --resume" in capsys.readouterr().err
     assert cli(["merge", str(work)]) == 0
     _same_tables(tmp_path / "plain", tmp_path / "sharded")
+    stamp = (work / "call-000" / "shard-000000" / "shard.json").stat().st_mtime_ns
+    assert cli([*again, "--overwrite"]) == 0  # replaces the old run, its shards too
+    assert (work / "call-000" / "shard-000000" / "shard.json").stat().st_mtime_ns != stamp
 
 
 def _free_port() -> int:

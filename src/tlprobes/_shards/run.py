@@ -15,7 +15,8 @@
 
 Each shard is a plain ``tp.run`` over its prompt range (same batches as one process), committed
 under ``out``; the commits are then merged in shard order. Without ``out`` (only ``shard_size``)
-the shards are merged in memory.
+the shards are merged in memory. A run read back from its commits holds its captures on the CPU
+(states travel and are saved on the CPU), whatever ``device`` the captures were made on.
 """
 
 from __future__ import annotations
