@@ -335,7 +335,7 @@ def test_capture_round_trip_is_exact(runs, name, tmp_path):
     for key, t in cap.tensors().items():
         got = back.tensors()[key]
         assert t.dtype == got.dtype and t.shape == got.shape
-        assert torch.equal(t.view(-1).view(torch.uint8), got.contiguous().view(-1).view(torch.uint8)), key
+        assert states_equal(t, got), key
     if hasattr(cap, "inputs") and cap.inputs is not None:
         assert back.inputs.str_tokens == cap.inputs.str_tokens  # strings without the tokenizer
         assert back.inputs.prompts == cap.inputs.prompts
@@ -352,6 +352,8 @@ def test_chunked_runs_merge_to_the_one_run(runs, name):
     full, chunks = runs
     merged = chunks[0][name].merge(chunks[1][name]).merge(chunks[2][name])
     assert_state_close(merged.state_dict(), full[name].state_dict())
+    other_way = chunks[0][name].merge(chunks[1][name].merge(chunks[2][name]))  # associative
+    assert_state_close(other_way.state_dict(), full[name].state_dict())
     if name in ("residual", "attention", "components", "logit_lens", "activation", "steps"):
         assert states_equal(merged.state_dict(), full[name].state_dict())
     # the pieces themselves are unchanged by merging
@@ -365,11 +367,13 @@ def test_result_merge_and_round_trip(runs, tmp_path):
     assert_state_close(merged.state_dict(), full.state_dict())
     assert merged.inputs.str_tokens == full.inputs.str_tokens
     assert merged.meta == full.meta and merged.settings == full.settings
-    assert merged.residual.inputs is merged.inputs  # one copy of the inputs for every capture
+    for name in ("residual", "attention", "steps", "head_steps"):  # one copy of the inputs
+        assert merged[name].inputs is merged.inputs
     # a shard's result saved and loaded, then merged, is the same
     loaded = [Result.from_state_dict(_round_trip(c.state_dict(), tmp_path, f"r{i}.safetensors"))
               for i, c in enumerate(chunks)]
     assert states_equal(loaded[0].state_dict(), chunks[0].state_dict())
+    assert loaded[0].head_steps.inputs is loaded[0].inputs is loaded[0].logit_lens.inputs
     again = loaded[0].merge(loaded[1]).merge(loaded[2])
     assert_state_close(again.state_dict(), full.state_dict())
     assert again.logit_lens.top_strings(0) == full.logit_lens.top_strings(0)
@@ -418,3 +422,21 @@ def test_merge_refuses_different_models_settings_and_kinds(shipped, runs):
         chunks[0].logit_lens.merge(lens)
     with pytest.raises(ResultsError, match="not a ResidualCapture state"):
         type(full.residual).from_state_dict(full.steps.state_dict())
+
+
+def test_a_saved_result_loads_in_a_fresh_process(runs, tmp_path):
+    """The capture classes are found by name without importing them first (no pickle)."""
+    import subprocess
+    import sys
+
+    full, _ = runs
+    path = save_state(tmp_path / "result.safetensors", full.state_dict())
+    code = (
+        "import sys; from tlprobes._result import Result; from tlprobes._state import load_state;"
+        "r = Result.from_state_dict(load_state(sys.argv[1]));"
+        "print(type(r.head_steps).__name__, tuple(r.residual.resid.shape), r.inputs.str_tokens[4])"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                         env={**os.environ}, check=True).stdout.strip()
+    shape = tuple(full.residual.resid.shape)
+    assert out == f"HeadStepsCapture {shape} {full.inputs.str_tokens[4]}"

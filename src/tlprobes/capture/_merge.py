@@ -6,6 +6,7 @@ and JSON-able values only) and ``from_state_dict(state)`` (an exact round trip),
 sharded run can be saved (:func:`tlprobes._state.save_state`) and merged. Pieces cut at batch
 boundaries merge to exactly what one run gives::
 
+    >>> import torch
     >>> model, prompts = tp.load_model(), ["Mary saw her brother.", "John gave her a book."]
     >>> a = tp.run(model, prompts[:1], tp.Residual()).residual
     >>> b = tp.run(model, prompts[1:], tp.Residual()).residual
@@ -21,7 +22,6 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
 from .._adapter import Meta
@@ -92,7 +92,8 @@ class Mergeable:
             if getattr(self, name) != getattr(other, name):
                 raise InputError(f"cannot merge {what}: {name} {getattr(other, name)!r} differs "
                                  f"from {getattr(self, name)!r}")
-        kw = {f.name: getattr(self, f.name) for f in fields(self) if f.init}  # type: ignore[arg-type]
+        kw = {f.name: getattr(self, f.name)
+              for f in fields(self) if f.init}  # type: ignore[arg-type]
         for name, rule in self._LAYOUT.items():
             kw[name] = cat_field(name, getattr(self, name), getattr(other, name), rule, what)
         kw["inputs"] = inputs
