@@ -96,8 +96,9 @@ def run_sharded(model: Any, prompts: Any, *probes: Any, shard_size: int | None =
                 pad_to: int | str | None = None, progress: bool | None = None,
                 **run_kwargs: Any) -> Any:
     """The sharded :func:`tlprobes.run` (see the module doc); returns the merged Result."""
-    from .._adapter import adapter_for
-    from .._runner import _as_sequences, _pad_width, run
+    from .._runner import run
+    from .._tl.adapter import adapter_for
+    from .._tl.tokens import as_sequences, pad_width
 
     ctx = current()
     if ctx is not None and out is None:
@@ -117,8 +118,8 @@ def run_sharded(model: Any, prompts: Any, *probes: Any, shard_size: int | None =
     n = _n_prompts(prompts)
     if pad_to == "longest":  # the longest of the whole run, not of a shard
         adapter = adapter_for(model)
-        seqs, _ = _as_sequences(adapter, prompts, attention_mask, run_kwargs.get("prepend_bos"))
-        pad_to = _pad_width(pad_to, seqs)
+        seqs, _ = as_sequences(adapter, prompts, attention_mask, run_kwargs.get("prepend_bos"))
+        pad_to = pad_width(pad_to, seqs)
     kwargs = {"batch_size": batch_size, "pad_to": pad_to, "progress": False, **run_kwargs}
     plan = Plan(n_prompts=n, shard_size=shard_size, batch_size=batch_size)
     show = progress if progress is not None else len(plan) > 1
