@@ -92,7 +92,7 @@ def test_plan_boundaries_do_not_depend_on_the_worker_count():
         parts = [plan.assign(w, r) for r in range(w)]
         assert sorted(i for p in parts for i in p) == list(range(13))  # each shard exactly once
         assert parts[0][:2] == ([0, w] if w < 13 else [0])
-    with pytest.raises(tp.InputError, match=r"shard_size 6 must be a positive multiple of "
+    with pytest.raises(tp.errors.InputError, match=r"shard_size 6 must be a positive multiple of "
                                             r"batch_size 4 \(valid: 4, 8, 16"):
         Plan(n_prompts=10, shard_size=6, batch_size=4)
 
@@ -161,7 +161,7 @@ def test_a_corrupt_commit_is_never_merged(model, tmp_path):
 
     plan, _, digest = read_call(tmp_path)
     (tmp_path / "shard-000001" / "rows.parquet").write_bytes(b"not parquet")
-    with pytest.raises(tp.ResultsError, match=r"shards \[1\] of 3 have no valid commit"):
+    with pytest.raises(tp.errors.ResultsError, match=r"shards \[1\] of 3 have no valid commit"):
         merge_call(tmp_path, plan, digest)
 
 
@@ -174,7 +174,7 @@ def test_resume_refuses_a_different_run_naming_what_differs(model, tmp_path, cha
     tp.run(model, PROMPTS, tp.ResidualMean(), batch_size=2, shard_size=4, out=tmp_path)
     kwargs = {"batch_size": change.get("batch_size", 2), "shard_size": 4, "out": tmp_path,
               "resume": True}
-    with pytest.raises(tp.InputError, match=message) as info:
+    with pytest.raises(tp.errors.InputError, match=message) as info:
         tp.run(model, change.get("prompts", PROMPTS), change.get("probe", tp.ResidualMean()),
                **kwargs)
     assert "cannot resume" in str(info.value) and isinstance(info.value, ValueError)
@@ -182,14 +182,14 @@ def test_resume_refuses_a_different_run_naming_what_differs(model, tmp_path, cha
 
 def test_a_used_out_folder_needs_resume_and_bad_arguments_are_named(model, tmp_path):
     tp.run(model, PROMPTS, tp.ResidualMean(), batch_size=2, shard_size=4, out=tmp_path)
-    with pytest.raises(tp.InputError, match="already holds a sharded run; pass resume=True"):
+    with pytest.raises(tp.errors.InputError, match="already holds a sharded run; pass resume=True"):
         tp.run(model, PROMPTS, tp.ResidualMean(), batch_size=2, shard_size=4, out=tmp_path)
-    with pytest.raises(tp.InputError, match=r"unknown engine 'dask'; valid: 'local', 'torchrun'"):
+    with pytest.raises(tp.errors.InputError, match=r"unknown engine 'dask'; valid: 'local', 'torchrun'"):
         tp.run(model, PROMPTS, tp.ResidualMean(), out=tmp_path / "x", engine="dask")
-    with pytest.raises(tp.InputError, match=r"engine 'torchrun' needs the process to be started "
+    with pytest.raises(tp.errors.InputError, match=r"engine 'torchrun' needs the process to be started "
                                             r"by torchrun"):
         tp.run(model, PROMPTS, tp.ResidualMean(), out=tmp_path / "y", engine="torchrun")
-    with pytest.raises(tp.ArgumentError, match="resume=True needs out="):
+    with pytest.raises(tp.errors.ArgumentError, match="resume=True needs out="):
         tp.run(model, PROMPTS, tp.ResidualMean(), resume=True)
 
 
