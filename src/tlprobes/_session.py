@@ -149,13 +149,11 @@ class Session:
             _ACTIVE.setdefault(id(self.model), []).append(self)
         self._thread = me
         try:
-            pre, post, end = _hooks.add_model_hooks(
+            self._handles += _hooks.add_model_hooks(
                 self.model, pre=self._pre_forward, post=self._post_forward, end=self._end_forward
-            )
-            self._handles.append(pre)
+            )  # in the list at once: a later failure removes them too
             for key, point in self._points.items():
                 self._handles.append(_hooks.add(point, self._make_hook(key, self._routes[key])))
-            self._handles += [post, end]
             needs = any(site in PATTERN_SITES for site, _ in self._routes)
             self._attn = use_fastest(self.model, needs_pattern=needs)
         except BaseException:
