@@ -129,7 +129,7 @@ class ProcrustesStudy:
             "tokenizer_b": _tokenizer_facts(tb, al.pieces_b[the]),
             "example_word": al.words[the],
         }
-        out.tables["alignment"] = al.to_frame()
+        out.tables["alignment"] = al.table()
         return al
 
     def _embeddings(self, ctx: StudyContext, out: StudyOutput, al: Any, opts: dict[str, Any]) -> None:
