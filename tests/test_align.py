@@ -216,6 +216,10 @@ def test_pooled_rows_follow_the_declared_rule(default, gpt2_tokenizer, pooling):
     np.testing.assert_allclose(al.rows(E, "a")[i], want.double().numpy(), atol=1e-6)
     single = align_words(default.tokenizer, gpt2_tokenizer, words=["her", "unbelievably"])
     assert single.words == ["her"] and single.dropped == {"split into several tokens by A": 1}
+    counts = single.to_frame().set_index("statistic").value.to_dict()  # the tidy table
+    assert counts == {"candidates": 2.0, "shared": 1.0, "pooled": 0.0,
+                      "dropped: split into several tokens by A": 1.0}
+    assert single.table().loc[3, "examples"] == "unbelievably"  # the report's table, with examples
     with pytest.raises(InputError, match="pooling"):
         align_words(default.tokenizer, gpt2_tokenizer, pooling="max")
 

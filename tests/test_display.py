@@ -40,6 +40,7 @@ import torch  # noqa: E402
 from browser_fixtures import CHROMIUM_ARGS, find_chromium, offline  # noqa: E402,F401  (fixture)
 
 import tlprobes.analysis as ta  # noqa: E402
+import tlprobes.analysis.results as tr  # noqa: E402
 from tlprobes.analysis._tables import FrameMixin  # noqa: E402
 from tlprobes.render import _repr  # noqa: E402
 
@@ -99,6 +100,8 @@ def _every_result(model, res):
                 tp.HeadSteps(positions=tp.Target(" her"), baseline=tp.Target(" her", offset=-1)),
                 progress=False).head_steps
     out += [tp.analysis.head_ranking(hs, "norm"), tp.analysis.head_contrast(hs, "angle")]
+    out += [ta.nearest_neighbors(x, x, 2), ta.retrieval_precision(x, x),
+            ta.shared_vocabulary({"a": 0, "b": 1}, {"b": 3, "a": 1})]
     return out
 
 
@@ -107,8 +110,9 @@ def test_every_analyzer_result_has_a_short_face(shipped):
     model, res = shipped
     results = _every_result(model, res)
     seen = {type(r) for r in results}
-    classes = {c for _, c in inspect.getmembers(ta, inspect.isclass)
+    classes = {c for mod in (ta, tr) for _, c in inspect.getmembers(mod, inspect.isclass)
                if issubclass(c, FrameMixin) and c is not FrameMixin}
+    assert len(classes) >= 28  # the result types live in tlprobes.analysis.results
     assert classes <= seen, f"result classes not covered here: {classes - seen}"
     for r in results:
         name = type(r).__name__

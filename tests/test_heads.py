@@ -414,6 +414,23 @@ def test_bad_inputs(tiny):
         tp.analysis.head_ranking(hs, group="contrast")
     with pytest.raises(TLProbesError):
         tp.analysis.head_ranking(object())
+    with pytest.raises(tp.errors.LayerError, match="layer 99 is out of range"):
+        tp.analysis.head_ranking(hs, "norm").top(99)
+
+
+def test_head_results_give_the_tidy_table_and_the_wide_one(tiny):
+    from tlprobes.analysis.results import HeadRanking
+
+    hs = _her_run(tiny)
+    for res in (tp.analysis.head_ranking(hs, "angle"), tp.analysis.head_contrast(hs, "angle")):
+        long, wide = res.to_frame(), res.table()
+        assert list(long.columns) == ["layer", "group", "statistic", "value"]
+        assert set(long.group) == set(res.parts) and set(wide.part) == set(res.parts)
+        stat = "mean" if isinstance(res, HeadRanking) else "diff_mean"
+        got = long.query("group == @res.parts[0] and statistic == @stat").value.to_numpy()
+        want = wide[wide.part == res.parts[0]][stat].to_numpy()
+        np.testing.assert_array_equal(got, want)
+        assert len(long) == len(wide) * (wide.shape[1] - 4)  # every number, once
 
 
 # --------------------------------------------------------------------------------- shipped models

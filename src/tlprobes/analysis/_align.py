@@ -113,7 +113,15 @@ class WordAlignment:
                 f"{self.n_multi_piece} pooled) out of {self.n_candidates} candidates; dropped: {drops}.")
 
     def to_frame(self) -> pd.DataFrame:
-        """The counts as a table: shared, pooled, and each drop reason with examples."""
+        """Long table (``layer`` = -1), group ``words``: candidates, shared, pooled and each drop
+        reason (``dropped: <reason>``) with its count."""
+        cols = {("words", "candidates"): [self.n_candidates], ("words", "shared"): [len(self.words)],
+                ("words", "pooled"): [self.n_multi_piece]}
+        cols |= {("words", f"dropped: {why}"): [n] for why, n in self.dropped.items()}
+        return long_frame(cols, layers=[-1])
+
+    def table(self) -> pd.DataFrame:
+        """The counts for a report: shared, pooled, and each drop reason with examples."""
         rows = [{"what": "candidate words", "count": self.n_candidates, "examples": "-"},
                 {"what": "shared", "count": len(self.words), "examples": " ".join(self.words[:8])},
                 {"what": "shared, pooled from several pieces", "count": self.n_multi_piece, "examples": "-"}]

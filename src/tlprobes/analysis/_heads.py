@@ -24,7 +24,7 @@ from scipy import stats
 
 from .._errors import InputError, check_index, choices
 from ._stats import CORRECTIONS, _refuse_renamed, adjust_pvalues, summary_from_moments
-from ._tables import FrameMixin
+from ._tables import FrameMixin, long_frame
 
 __all__ = ["HeadRanking", "HeadContrast", "head_ranking", "head_contrast"]
 
@@ -49,15 +49,22 @@ def _summary(capture: Any, field_name: str, group: str) -> dict[str, np.ndarray]
     return {k: np.asarray(getattr(summ, k), float) for k in _STATS}
 
 
-def _frame(capture: Any, cols: dict[str, np.ndarray]) -> pd.DataFrame:
+def _grid(parts: tuple[str, ...], cols: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The wide ``[layer x part]`` table: one row per layer and part (``head`` -1: not a head)."""
     L, P = next(iter(cols.values())).shape
     data = {
         "layer": np.repeat(np.arange(L), P),
-        "part": np.tile(np.array(capture.parts, dtype=object), L),
-        "head": np.tile(np.r_[np.arange(capture.n_heads), [-1, -1]], L),
+        "part": np.tile(np.array(parts, dtype=object), L),
+        "head": np.tile(np.r_[np.arange(len(parts) - 2), [-1, -1]], L),
     }
     data.update({k: v.reshape(-1) for k, v in cols.items()})
     return pd.DataFrame(data)
+
+
+def _long(parts: tuple[str, ...], cols: dict[str, np.ndarray]) -> pd.DataFrame:
+    """``[layer, part]`` arrays as the tidy table every result gives: group = part."""
+    return long_frame({(part, k): np.asarray(v, float)[:, j]
+                       for j, part in enumerate(parts) for k, v in cols.items()})
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -92,22 +99,22 @@ class HeadRanking(FrameMixin):
         layer = check_index(layer, self.order.shape[0], of=" of this ranking")
         return [int(h) for h in self.order[layer, :k]]
 
-    def to_frame(self) -> pd.DataFrame:
-        """One row per layer and part: statistics and the head's rank in its layer (-1: no head)."""
-        df = _frame(self._cap_like(), self.summary)
-        H = self.order.shape[1]
+    def _cols(self) -> dict[str, np.ndarray]:
         rank = np.full((self.order.shape[0], len(self.parts)), -1)
-        rank[:, :H] = self.rank
-        df["rank"] = rank.reshape(-1)
+        rank[:, : self.order.shape[1]] = self.rank
+        return {**self.summary, "rank": rank}
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long table: layer, group (the part: ``H0``.., ``attn_bias``, ``mlp``), statistic (n,
+        mean, sd, sem, ci_low, ci_high of ``self.statistic``, and the head's rank in its layer,
+        -1 for the parts that are not heads), value."""
+        return _long(self.parts, self._cols())
+
+    def table(self) -> pd.DataFrame:
+        """The same numbers wide: one row per layer and part, a column per statistic."""
+        df = _grid(self.parts, self._cols())
         df.insert(0, "statistic", self.statistic)
         return df
-
-    def _cap_like(self) -> Any:
-        class _C:
-            parts = self.parts
-            n_heads = len(self.parts) - 2
-
-        return _C
 
 
 def head_ranking(
@@ -162,25 +169,29 @@ class HeadContrast(FrameMixin):
 
     def top(self, k: int = 5, *, heads_only: bool = True) -> pd.DataFrame:
         """The ``k`` cells with the largest t (target > baseline), significant or not."""
-        df = self.to_frame()
+        df = self.table()
         if heads_only:
             df = df[df["head"] >= 0]
         df = df.sort_values("t", ascending=False, na_position="last")
         return df.head(k).reset_index(drop=True)
 
-    def to_frame(self) -> pd.DataFrame:
-        class _C:
-            parts = self.parts
-            n_heads = len(self.parts) - 2
-
-        cols = {
+    def _cols(self) -> dict[str, np.ndarray]:
+        return {
             "target_mean": self.target["mean"], "baseline_mean": self.baseline["mean"],
             "n": self.diff["n"], "diff_mean": self.diff["mean"], "diff_ci_low": self.diff["ci_low"],
             "diff_ci_high": self.diff["ci_high"], "t": self.t, "p": self.p,
             f"p_{self.correction}": self.p_adjusted, "d_z": self.d_z,
             "reject": self.reject.astype(float),
         }
-        df = _frame(_C, cols)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long table: layer, group (the part), statistic (target_mean, baseline_mean, n,
+        diff_mean, its CI, t, p, the corrected p, d_z, reject), value."""
+        return _long(self.parts, self._cols())
+
+    def table(self) -> pd.DataFrame:
+        """The same numbers wide: one row per layer and part, a column per statistic."""
+        df = _grid(self.parts, self._cols())
         df.insert(0, "statistic", self.statistic)
         return df
 

@@ -255,9 +255,9 @@ def _which_heads(ctx: StudyContext, out: StudyOutput) -> None:
     probe = tp.HeadSteps(positions=tp.Target(ctx.target), baseline=tp.Target(ctx.target, offset=-1))
     hs = tp.run(ctx.model, ctx.prompts, probe, batch_size=ctx.batch_size,
                 padding_side=ctx.padding_side, progress=ctx.progress).head_steps
-    out.tables["heads_contrast_angle"] = head_contrast(hs, "angle", correction="fdr_bh").to_frame()
-    out.tables["heads_ranking_angle"] = head_ranking(hs, "angle").to_frame()
-    out.tables["heads_ranking_dla"] = head_ranking(hs, "dla").to_frame()
+    out.tables["heads_contrast_angle"] = head_contrast(hs, "angle", correction="fdr_bh").table()
+    out.tables["heads_ranking_angle"] = head_ranking(hs, "angle").table()
+    out.tables["heads_ranking_dla"] = head_ranking(hs, "dla").table()
     out.facts["heads_parts"] = list(hs.parts)
 
 

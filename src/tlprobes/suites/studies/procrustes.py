@@ -116,7 +116,7 @@ class ProcrustesStudy:
             "tokenizer_b": adb.tokenizer_facts(al.pieces_b[the]),
             "example_word": al.words[the],
         }
-        out.tables["alignment"] = al.to_frame()
+        out.tables["alignment"] = al.table()
         return al
 
     def _embeddings(self, ctx: StudyContext, out: StudyOutput, al: Any, opts: dict[str, Any]) -> None:
