@@ -197,8 +197,9 @@ def test_chunking_does_not_change_results(setup):
 def test_capture_lens_uses_the_models_own_norm(model):
     """Given a capture, no norm needs naming: the capture carries the model's (the adapter's
     ln_final), and the numbers equal the LogitLens probe's, which reads the model's logits."""
-    import tlprobes as tp
     from conftest import PROMPTS
+
+    import tlprobes as tp
 
     res = tp.run(model, PROMPTS, tp.Residual(), tp.LogitLens(top_k=2), batch_size=2)
     lens = res.logit_lens

@@ -15,13 +15,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import HAS_BRIDGE
 from scipy import stats
 
 import tlprobes as tp
 from tlprobes.suites._study import StudyContext
 from tlprobes.suites.studies.angles import STUDY as ANGLES
-
-from conftest import HAS_BRIDGE
 
 # a few of the course's own (Claude-generated) sentences, plus a multi-token name
 COURSE_SENTENCES = [

@@ -15,6 +15,7 @@ import torch
 
 import tlprobes
 
+
 class _Checker(doctest.OutputChecker):
     """TL 2/3's HookedTransformer prints "Moving model to device:  cpu" on load; that line is
     TransformerLens talking, not the example's output, so it is dropped before comparing."""

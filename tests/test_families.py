@@ -26,8 +26,8 @@ import torch
 from conftest import PROMPTS, _tokenizer
 
 import tlprobes as tp
-from tlprobes._tl.adapter import UNSUPPORTED_ARCHITECTURES, adapter_for
 from tlprobes._errors import ModelError
+from tlprobes._tl.adapter import UNSUPPORTED_ARCHITECTURES, adapter_for
 
 TL_MAJOR = int(importlib.metadata.version("transformer-lens").split(".")[0])
 pytestmark = pytest.mark.skipif(

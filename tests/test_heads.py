@@ -184,9 +184,8 @@ def test_dla_word_target_and_ablation(model):
 
 # -------------------------------------------------------------------------------------------- GQA
 def _llama_dir(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from conftest import _tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     d = tmp_path_factory.mktemp("llama_gqa")
     tok = _tokenizer()
@@ -214,9 +213,8 @@ def gqa_models(tmp_path_factory):
     if HAS_BRIDGE:
         out["bridge"] = tp.load_model(str(_llama_dir(tmp_path_factory)), kind="bridge")
     if HAS_HOOKED:
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-
         from conftest import _tokenizer
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
 
         cfg = HookedTransformerConfig(
             n_layers=2, d_model=32, n_heads=4, d_head=8, n_key_value_heads=2, d_mlp=64,
@@ -471,12 +469,11 @@ def test_ranking_finds_previous_token_and_induction_heads(name):
 
 # ---------------------------------------------------------------------------------- suite section
 def test_rotation_angles_suite_has_the_which_heads_section(tmp_path, tiny):
+    import shutil
     from pathlib import Path
 
     from tlprobes.suites import load_results, run_suite
     from tlprobes.suites._run import render_run
-
-    import shutil
 
     probes = Path(__file__).resolve().parents[1] / "probes"
     shutil.copytree(probes / "prompts", tmp_path / "prompts")  # prompt files stay beside the suite

@@ -1,8 +1,8 @@
 """Layout rules of issue #12: no two modules import each other, and HTML is built in ``render/`` alone.
 
 The import graph is read from the source with ``ast`` (module-level and function-level imports,
-``TYPE_CHECKING`` ones too, relative imports resolved), so a lazy import that runs back up counts
-as much as an eager one.
+relative imports resolved), so a lazy import that runs back up counts as much as an eager one.
+Imports under ``if TYPE_CHECKING:`` never run and name types only: they are left out.
 """
 
 from __future__ import annotations
@@ -32,6 +32,23 @@ def _modules(pkg: Path = PKG) -> dict[str, tuple[Path, bool]]:
     return out
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` except the bodies of ``if TYPE_CHECKING:`` (their ``else`` runs)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
 def import_graph(pkg: Path = PKG) -> dict[str, set[str]]:
     """``{module: modules of the package it imports}``; ``from a import b`` points at ``a.b`` when
     that is a module, else at ``a``; imports of outside packages are left out."""
@@ -39,7 +56,7 @@ def import_graph(pkg: Path = PKG) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for name, (path, is_pkg) in mods.items():
         here = name if is_pkg else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -236,7 +253,7 @@ def test_the_one_mixin_shows_every_kind_of_object(tmp_path) -> None:
     assert saved.count('class="tlp-card"') == 1
     report = tp.Report("r").add_view(lengths).add_view(res.attention)
     assert "PathLength" in report.to_html() and report.to_html().count("var CircuitsVis=") == 1
-    page = tp.Page("p").add_page(res)  # a Result builds a Report, which builds a Page
+    page = tp.render.Page("p").add_page(res)  # a Result builds a Report, which builds a Page
     assert "Attention (" in page.to_html() and "ResidualCapture (" in page.to_html()
     with pytest.raises(ArgumentError, match="AttentionCapture has no figure"):
         res.attention.plot()

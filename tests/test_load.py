@@ -12,13 +12,12 @@ import json
 
 import pytest
 import torch
+from conftest import _tokenizer
 
 import tlprobes as tp
 from tlprobes._tl import loading
 from tlprobes._tl.loading import tl_major_version
 from tlprobes.models import _load
-
-from conftest import _tokenizer
 
 LLAMA_CASES = {
     # rope_theta 1e5 (TL 2.18 dropped it), GQA 4 heads / 2 KV, eps 1e-6, untied unembedding

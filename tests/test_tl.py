@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import PROMPTS, hook_snapshot
 
 import tlprobes as tp
-from conftest import PROMPTS, hook_snapshot
 from tlprobes._errors import InputError
 from tlprobes._tl import hooks, tokens
 from tlprobes._tl.adapter import adapter_for
@@ -66,10 +66,10 @@ def test_session_forward_names_the_prompt_in_errors(model):
     ids = [ad.encode(p) for p in PROMPTS[:2]]
     toks, mask = tokens.pad_sequences(ids, pad_id=ad.pad_token_id())
     probe = tp.Residual(positions=tp.Target(" zebra"))
-    with pytest.raises(tp.PositionError, match=repr(PROMPTS[0][:20])[:-1]):
+    with pytest.raises(tp.errors.PositionError, match=repr(PROMPTS[0][:20])[:-1]):
         with tp.attach(model, probe) as s:
             s.forward(toks, mask.long(), prompts=PROMPTS[:2])
-    with pytest.raises(tp.PositionError) as err:
+    with pytest.raises(tp.errors.PositionError) as err:
         with tp.attach(model, probe) as s:
             s.forward(toks, mask.long())
     assert PROMPTS[0][:20] not in str(err.value)  # no prompts given: rows are numbered only

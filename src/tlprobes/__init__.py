@@ -31,11 +31,11 @@ if TYPE_CHECKING:  # the CLI's --help must not wait for torch: these load on fir
     from . import models as models
     from . import render as render
     from . import suites as suites
-    from ._tl.interop import from_cache as from_cache
     from ._result import Result as Result
     from ._runner import run as run
     from ._session import Session as Session
     from ._session import attach as attach
+    from ._tl.interop import from_cache as from_cache
     from .analysis import angle_trajectory as angle_trajectory
     from .analysis import path_length as path_length
     from .capture import Activation as Activation
@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # the CLI's --help must not wait for torch: these load on fir
     from .render import Report as Report
     from .suites import load_results as load_results
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 # Heavy parts (torch, scipy, pandas, sklearn, matplotlib, circuitsvis) load on first use:
 # `tp.Residual` imports the probes, `tp.analysis` the analyzers, `tp.Report` the renderers.

@@ -73,7 +73,7 @@ def run(
     from ._shards.run import run_sharded, wants_sharding
 
     if wants_sharding(shard_size, out, engine, resume):
-        return run_sharded(model, prompts, *probes, shard_size=shard_size, out=out, engine=engine,
+        return run_sharded(run, model, prompts, *probes, shard_size=shard_size, out=out, engine=engine,
                            resume=resume, batch_size=batch_size, attention_mask=attention_mask,
                            padding_side=padding_side, prepend_bos=prepend_bos, pad_to=pad_to,
                            device=device, dtype=dtype, progress=progress, **forward_kwargs)

@@ -27,12 +27,12 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from ._errors import ArgumentError, InputError, SessionError, choices
+from ._result import Inputs, Result
 from ._tl import hooks as _hooks
 from ._tl import tokens as _tokens
 from ._tl.adapter import Adapter, adapter_for
 from ._tl.attn_impl import PATTERN_SITES, Switch, use_fastest
-from ._errors import ArgumentError, InputError, SessionError, choices
-from ._result import Inputs, Result
 from .capture._base import BatchContext, Probe
 
 __all__ = ["Session", "attach"]

@@ -157,9 +157,15 @@ def _status(args: Any) -> int:
 
 
 def _merge(args: Any) -> int:
-    from ._shards.merge import merge_run
+    from ._shards.merge import merge_run, suite_request
 
-    out = merge_run(args.dir)
+    suite_json = suite_request(args.dir)
+    if suite_json is not None:  # a suite's sharded run: the study's analysis runs on the merge
+        from .suites._run import merge_sharded_suite
+
+        out = merge_sharded_suite(suite_json, require_complete=True)
+    else:
+        out = merge_run(args.dir)
     print(out if not hasattr(out, "inputs") else f"tlprobes: merged {out!r}")
     return 0
 

@@ -44,7 +44,7 @@ class Sharding:
         return bool(self.engine.is_main)
 
     def manifest(self) -> dict[str, Any]:
-        from .merge import PRECISION
+        from .plan import PRECISION
 
         return {"work_dir": str(self.work_dir), **self.engine.info(), "resume": self.resume,
                 "precision": PRECISION, "calls": self.calls}

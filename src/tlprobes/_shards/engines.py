@@ -58,6 +58,7 @@ def _fault_check() -> None:
 class ShardJob:
     """Everything needed to run any shard of one ``tp.run`` call in any process (see the package doc)."""
 
+    runner: Callable[..., Any]  # the unsharded tlprobes.run (a module function: it pickles by name)
     plan: Plan
     out: Path
     fingerprint: dict[str, Any]
@@ -82,7 +83,6 @@ class ShardJob:
 
     def run_shard(self, index: int, model: Any = None) -> None:
         """Run shard ``index`` and commit it (nothing to do if it already has a valid commit)."""
-        from .._runner import run
         from .context import no_sharding
 
         shard = self.plan.shards[index]
@@ -92,7 +92,7 @@ class ShardJob:
         prompts, mask = self.prompts_of(index)
         t0 = time.perf_counter()
         with no_sharding():
-            result = run(model if model is not None else self.model, prompts, *self.probes,
+            result = self.runner(model if model is not None else self.model, prompts, *self.probes,
                          attention_mask=mask, **self.run_kwargs)
         compute = time.perf_counter() - t0
         write_commit(self.out, shard, result, fingerprint=self.digest, attempt=attempt,
@@ -116,7 +116,7 @@ class LocalEngine:
             raise InputError(f"engine 'local' takes no options, got {choices(options)}")
 
     def info(self) -> dict[str, Any]:
-        from .. import __version__
+        from .._version import __version__
 
         return {"engine": "local", "version": __version__, "world_size": 1, "rank": 0,
                 "replicas": 1, "device_maps": None}
@@ -164,7 +164,7 @@ class TorchrunEngine:
     def info(self) -> dict[str, Any]:
         import torch
 
-        from .. import __version__
+        from .._version import __version__
 
         return {"engine": "torchrun", "version": f"tlprobes {__version__}, torch {torch.__version__}",
                 "world_size": self.world_size, "rank": self.rank, "replicas": self.world_size,

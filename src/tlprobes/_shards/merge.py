@@ -16,13 +16,11 @@ from typing import Any
 
 from .._errors import InputError, ResultsError
 from .commit import STATE, attempts, is_running, read_commit
-from .plan import Plan
+from .plan import PRECISION, Plan
 
 __all__ = ["PRECISION", "RUN_JSON", "merge_call", "describe_call", "status", "merge_run",
-           "read_call", "call_dirs"]
+           "read_call", "call_dirs", "suite_request"]
 
-PRECISION = ("counts exact; float sums equal to the single-process run within 1e-12 relative "
-             "(the same batches, folded in shard order)")
 RUN_JSON = "run.json"
 SUITE_JSON = "suite.json"
 
@@ -120,9 +118,9 @@ def merge_run(path: str | Path) -> Any:
     """Merge a finished sharded run without computing anything new.
 
     A ``tp.run(out=...)`` folder: returns the merged :class:`~tlprobes.Result` and saves its state to
-    ``merged.safetensors``. A suite's work folder (``RUN.shards``): reruns the suite recorded in
-    ``suite.json`` with ``resume=True`` (the model is loaded for the study's analysis; no shard is
-    recomputed: a missing one is refused) and returns the path of ``report.html``.
+    ``merged.safetensors``. A suite's work folder (``RUN.shards``, see :func:`suite_request`) is
+    merged by the suite runner (``tlprobes.suites._run.merge_sharded_suite``), which reruns the
+    study's analysis on the merged commits.
     """
     path = Path(path)
     calls = call_dirs(path)
@@ -137,6 +135,12 @@ def merge_run(path: str | Path) -> Any:
         result = merge_call(calls[0], plan, digest)
         save_state(calls[0] / "merged.safetensors", result.state_dict())
         return result
-    from .suite import rerun_suite
+    raise InputError(f"{str(path)!r} is a suite's sharded run: merge it with `tlprobes merge` "
+                     "(tlprobes.suites._run.merge_sharded_suite)")
 
-    return rerun_suite(suite_json, require_complete=True)
+
+def suite_request(path: str | Path) -> Path | None:
+    """The ``suite.json`` of a suite's sharded run at ``path`` (its run or work folder), else None."""
+    calls = call_dirs(Path(path))
+    suite_json = calls[0].parent / SUITE_JSON
+    return suite_json if calls != [Path(path)] and suite_json.is_file() else None

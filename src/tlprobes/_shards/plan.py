@@ -17,7 +17,11 @@ from typing import Any
 
 from .._errors import ArgumentError, InputError
 
-__all__ = ["Plan", "Shard", "DEFAULT_SHARDS_PER_BATCH", "check_shard_size"]
+__all__ = ["Plan", "Shard", "DEFAULT_SHARDS_PER_BATCH", "PRECISION", "check_shard_size"]
+
+#: What a merge of shards guarantees (the manifest records it).
+PRECISION = ("counts exact; float sums equal to the single-process run within 1e-12 relative "
+             "(the same batches, folded in shard order)")
 
 DEFAULT_SHARDS_PER_BATCH = 64  # default shard size = 64 batches (commit cost well under 5%)
 

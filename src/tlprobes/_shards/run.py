@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +90,13 @@ def _open_call_dir(out: Path, run_json: dict[str, Any], resume: bool) -> None:
     os.replace(tmp, path)
 
 
-def run_sharded(model: Any, prompts: Any, *probes: Any, shard_size: int | None = None,
+def run_sharded(run: Callable[..., Any], model: Any, prompts: Any, *probes: Any, shard_size: int | None = None,
                 out: str | Path | None = None, engine: Any = "local", resume: bool = False,
                 batch_size: int = 16, attention_mask: torch.Tensor | None = None,
                 pad_to: int | str | None = None, progress: bool | None = None,
                 **run_kwargs: Any) -> Any:
-    """The sharded :func:`tlprobes.run` (see the module doc); returns the merged Result."""
-    from .._runner import run
+    """The sharded :func:`tlprobes.run` (see the module doc); returns the merged Result. ``run`` is
+    the unsharded runner (passed in, so this package never imports the runner back)."""
     from .._tl.adapter import adapter_for
     from .._tl.tokens import as_sequences, pad_width
 
@@ -144,7 +144,7 @@ def run_sharded(model: Any, prompts: Any, *probes: Any, shard_size: int | None =
     digest = fingerprint_digest(fp)
     run_json = {"tlprobes_shards": 1, "fingerprint": fp, "digest": digest, "plan": plan.to_dict()}
     eng.on_main(lambda: _open_call_dir(out, run_json, resume))
-    job = ShardJob(plan=plan, out=out, fingerprint=fp, digest=digest, probes=tuple(probes),
+    job = ShardJob(runner=run, plan=plan, out=out, fingerprint=fp, digest=digest, probes=tuple(probes),
                    prompts=prompts, attention_mask=attention_mask, run_kwargs=kwargs, model=model,
                    model_spec=ctx.model_spec if ctx is not None else None,
                    progress=bool(show) and eng.is_main)

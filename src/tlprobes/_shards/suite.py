@@ -23,7 +23,7 @@ from .context import Sharding
 from .engines import get_engine
 from .merge import SUITE_JSON
 
-__all__ = ["open_sharding", "rerun_suite", "work_dir_for", "default_engine", "MergeOnlyEngine"]
+__all__ = ["open_sharding", "work_dir_for", "default_engine", "MergeOnlyEngine"]
 
 
 def work_dir_for(out_dir: str | Path) -> Path:
@@ -92,7 +92,7 @@ class MergeOnlyEngine:
     name = "merge"
 
     def info(self) -> dict[str, Any]:
-        from .. import __version__
+        from .._version import __version__
 
         return {"engine": "merge", "version": __version__, "world_size": 1, "rank": 0,
                 "replicas": 0, "device_maps": None}
@@ -109,22 +109,3 @@ class MergeOnlyEngine:
         if missing:
             raise ResultsError(f"{str(job.out)!r}: shards {missing} of {len(job.plan)} have no "
                                "valid commit; `tlprobes run ... --resume` computes them")
-
-
-def rerun_suite(suite_json: Path, *, require_complete: bool = True) -> Any:
-    """Write the run directory of a sharded suite run from its commits (``tlprobes merge``)."""
-    from ..suites import load_suite, run_suite
-
-    try:
-        req = json.loads(Path(suite_json).read_text(encoding="utf-8"))
-        suite_path, out = req["suite_path"], req["out"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ResultsError(f"{str(suite_json)!r} is unreadable ({type(err).__name__}: {err})") from None
-    if req.get("model") is None and req.get("model_spec") is None:
-        raise InputError(f"{str(suite_json)!r}: the run used a model object, not a name or folder; "
-                         "merge it by calling run_suite(..., model=<the model>, resume=True)")
-    return run_suite(load_suite(suite_path), out=out, model=req.get("model"),
-                     second_model=req.get("second_model"), batch_size=req.get("batch_size"),
-                     device=req.get("device"), save_arrays=bool(req.get("save_arrays")),
-                     quiet=True, overwrite=True, shard_size=req.get("shard_size"),
-                     engine=MergeOnlyEngine() if require_complete else "local", resume=True)

@@ -29,7 +29,7 @@ from torch import Tensor
 from .._errors import InputError, LayerError, ModelError, SiteError, choices
 from . import tokens
 from .hooks import ModuleOutputHook
-from .loading import tl_version
+from .version import tl_version
 
 __all__ = [
     "Adapter",

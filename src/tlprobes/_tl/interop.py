@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .adapter import Meta, adapter_for
 from .._errors import InputError, choices
 from .._result import Inputs, Result
+from .adapter import Meta, adapter_for
 
 __all__ = ["from_cache", "is_activation_cache", "capture_from_cache"]
 

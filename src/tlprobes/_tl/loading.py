@@ -31,8 +31,6 @@ are checked: an encoder has no next-token logits. TransformerLens model names ar
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
 import json
 import tempfile
 import time
@@ -42,6 +40,7 @@ from typing import Any
 import torch
 
 from .._errors import ModelError, UnknownModelError, choices
+from .version import tl_major_version, tl_version
 
 __all__ = [
     "GGUF_MARKER",
@@ -57,25 +56,6 @@ __all__ = [
 _KINDS = ("bridge", "hooked")
 
 
-@functools.cache
-def tl_version() -> str:
-    """The installed TransformerLens version string (``"unknown"`` for a source checkout).
-
-    Read once per process: every other module asks here.
-    """
-    try:
-        return importlib.metadata.version("transformer-lens")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkouts
-        return "unknown"
-
-
-def tl_major_version() -> int:
-    """The installed TransformerLens major version (2, 3 or 4).
-
-    >>> tl_major_version() >= 2
-    True
-    """
-    return int(tl_version().split(".")[0])
 
 
 def resolve_kind(kind: str | None, tl_major: int | None = None) -> str:

@@ -26,10 +26,10 @@ from ._angles import angle_trajectory as angle_trajectory
 from ._angles import layer_angles as layer_angles
 from ._angles import rotation_decomposition as rotation_decomposition
 from ._angles import within_layer_angles as within_layer_angles
-from ._cosine import cosine_matrix as cosine_matrix
 from ._anisotropy import AnisotropyAccumulator as AnisotropyAccumulator
-from ._drift import DriftAccumulator as DriftAccumulator
 from ._anisotropy import anisotropy as anisotropy
+from ._cosine import cosine_matrix as cosine_matrix
+from ._drift import DriftAccumulator as DriftAccumulator
 from ._drift import drift as drift
 from ._heads import head_contrast as head_contrast
 from ._heads import head_ranking as head_ranking
@@ -37,12 +37,12 @@ from ._lens import effective_rank as effective_rank
 from ._lens import lens_readout as lens_readout
 from ._lens import unembedding_spectrum as unembedding_spectrum
 from ._lens import weight_tying as weight_tying
-from ._pca import pca as pca
 from ._paths import PathAccumulator as PathAccumulator
 from ._paths import decompose_steps as decompose_steps
 from ._paths import next_token_values as next_token_values
 from ._paths import path_length as path_length
 from ._paths import path_logit_correlation as path_logit_correlation
+from ._pca import pca as pca
 from ._procrustes import Procrustes as Procrustes
 from ._procrustes import map_embeddings as map_embeddings
 from ._procrustes import precision_at_k as precision_at_k

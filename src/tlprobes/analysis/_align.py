@@ -467,9 +467,9 @@ def word_states(
     of letters, located by character offsets, so two models with different tokenizers give
     states for the same word occurrences. Words on position 0 (no BOS) are left out.
     """
-    import tlprobes as tp
-
+    from .._runner import run
     from .._tl.adapter import adapter_for
+    from ..capture import Residual
 
     _check_pooling(pooling)
     adapter = adapter_for(model)
@@ -491,7 +491,7 @@ def word_states(
     if not seqs:
         raise InputError(f"none of the {len(sentences)} sentences could be aligned to "
                          f"{adapter.meta.model_name}'s tokens")
-    res = tp.run(model, seqs, tp.Residual(), batch_size=batch_size, progress=progress)
+    res = run(model, seqs, Residual(), batch_size=batch_size, progress=progress)
     resid = res.residual.resid  # [state, batch, pos, d]
     keys, cols = [], []
     for b, (si, offs) in enumerate(zip(sent_ids, spans)):

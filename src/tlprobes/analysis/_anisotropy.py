@@ -18,7 +18,8 @@ import pandas as pd
 from .._errors import InputError
 from .._state import check_kind
 from ._cosine import unit_rows as _unit
-from ._inputs import as_states, included_mask as _included, warn_nan
+from ._inputs import as_states, warn_nan
+from ._inputs import included_mask as _included
 from ._stream import check_mergeable, note_mode, to_array, to_tensor
 from ._tables import FrameMixin, long_frame
 

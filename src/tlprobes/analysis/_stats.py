@@ -9,11 +9,10 @@ multiple-comparison corrections and correlations (methods.md section 3).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import warnings
 
 import numpy as np
 import pandas as pd

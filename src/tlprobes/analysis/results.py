@@ -28,10 +28,10 @@ from ._heads import HeadRanking as HeadRanking
 from ._lens import LogitLensResult as LogitLensResult
 from ._lens import Spectrum as Spectrum
 from ._lens import WeightTying as WeightTying
-from ._pca import PCAResult as PCAResult
 from ._paths import PathLength as PathLength
 from ._paths import PathSummary as PathSummary
 from ._paths import StepDecomposition as StepDecomposition
+from ._pca import PCAResult as PCAResult
 from ._procrustes import EmbeddingMap as EmbeddingMap
 from ._procrustes import SharedVocabulary as SharedVocabulary
 from ._rsa import RSAResult as RSAResult

@@ -24,8 +24,8 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from .._errors import InputError
-from .._tl.adapter import Adapter, Meta
 from .._result import Inputs, pad_cat
+from .._tl.adapter import Adapter, Meta
 from ._positions import BatchPositions, PositionSpec
 
 __all__ = ["Probe", "BatchContext", "Buffer", "cat_pieces"]

@@ -24,10 +24,10 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from .._tl.adapter import Meta
 from .._errors import InputError
 from .._result import Inputs, check_meta, pad_cat
 from .._state import check_kind
+from .._tl.adapter import Meta
 
 __all__ = [
     "Mergeable", "Layout", "check_meta", "meta_state", "meta_from_state", "POSITIONS", "cat_field",

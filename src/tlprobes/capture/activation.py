@@ -23,9 +23,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .._errors import SiteError
-from .._tl.adapter import Adapter, Meta, check_site
 from .._result import Inputs
 from .._state import stateful
+from .._tl.adapter import Adapter, Meta, check_site
 from ._base import BatchContext, Probe, cat_pieces
 from ._capture import Captured
 from ._merge import POSITIONS, Layout, Mergeable

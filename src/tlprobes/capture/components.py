@@ -15,10 +15,10 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
-from .._tl.adapter import Adapter, Meta
 from .._errors import SiteError, choices
 from .._result import Inputs
 from .._state import stateful
+from .._tl.adapter import Adapter, Meta
 from ._base import BatchContext, Probe, cat_pieces
 from ._capture import Captured
 from ._merge import POSITIONS, Layout, Mergeable

@@ -20,10 +20,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .._tl.adapter import Adapter, Meta
 from .._errors import InputError
 from .._result import Inputs
 from .._state import check_kind, stateful
+from .._tl.adapter import Adapter, Meta
 from ._base import BatchContext, Probe, cat_pieces
 from ._capture import Captured
 from ._merge import POSITIONS, Layout, Mergeable, check_meta, meta_from_state, meta_state

@@ -23,9 +23,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .._errors import OptionError, choices
-from .._tl.adapter import Adapter, Meta
 from .._result import Inputs
 from .._state import stateful
+from .._tl.adapter import Adapter, Meta
 from ._base import BatchContext, Probe, cat_pieces
 from ._capture import Captured
 from ._merge import POSITIONS, Layout, Mergeable

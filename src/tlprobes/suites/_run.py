@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .._errors import InputError, ModelError, choices
+from .._errors import InputError, ModelError, ResultsError, choices
 from ._registry import get_study
 from ._rundir import (
     check_out_dir,
@@ -247,3 +247,22 @@ def render_run(run_dir: str | Path) -> Path:
     renamed onto ``report.html``, so a ``report.html`` that is a symlink is replaced, never followed.
     """
     return _render_into(Path(run_dir))
+
+
+def merge_sharded_suite(suite_json: Path, *, require_complete: bool = True) -> Any:
+    """Write the run directory of a sharded suite run from its commits (``tlprobes merge``)."""
+    from .._shards.suite import MergeOnlyEngine
+
+    try:
+        req = json.loads(Path(suite_json).read_text(encoding="utf-8"))
+        suite_path, out = req["suite_path"], req["out"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ResultsError(f"{str(suite_json)!r} is unreadable ({type(err).__name__}: {err})") from None
+    if req.get("model") is None and req.get("model_spec") is None:
+        raise InputError(f"{str(suite_json)!r}: the run used a model object, not a name or folder; "
+                         "merge it by calling run_suite(..., model=<the model>, resume=True)")
+    return run_suite(load_suite(suite_path), out=out, model=req.get("model"),
+                     second_model=req.get("second_model"), batch_size=req.get("batch_size"),
+                     device=req.get("device"), save_arrays=bool(req.get("save_arrays")),
+                     quiet=True, overwrite=True, shard_size=req.get("shard_size"),
+                     engine=MergeOnlyEngine() if require_complete else "local", resume=True)

@@ -28,8 +28,6 @@ class Lens:
         import tlprobes as tp
         from tlprobes._tl.adapter import adapter_for
         from tlprobes.analysis import lens_readout, unembedding_spectrum, weight_tying
-
-        from tlprobes._tl.adapter import adapter_for
         from tlprobes.analysis._lens import VARIANTS
 
         a = ctx.analysis
