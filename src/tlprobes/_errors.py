@@ -29,6 +29,7 @@ __all__ = [
     "UnknownModelError",
     "ArgumentError",
     "SessionError",
+    "MissingExtraError",
     "choices",
 ]
 
@@ -81,6 +82,11 @@ class SessionError(TLProbesError, RuntimeError):
     """A session used in a way it cannot capture correctly: entered twice, attached to a model that a
     session in another thread holds, or a forward pass inside it that tlprobes cannot see
     (``run_with_cache`` / ``run_with_hooks`` on a bridge, a nested forward)."""
+
+
+class MissingExtraError(TLProbesError, ImportError):
+    """An optional package a feature needs is not installed; the message names the extra that
+    installs it (``pip install 'tlprobes[data]'``)."""
 
 
 def choices(values: Iterable[object], limit: int = 12) -> str:
