@@ -298,6 +298,8 @@ class PromptStream:
 
     def _hf_dataset(self) -> Any:
         """The ``datasets.Dataset`` of an HF folder, or None when ``datasets`` is not installed."""
+        if not any((self.path / f).is_file() for f in ("state.json", "dataset_dict.json")):
+            return None  # bare *.arrow files: read with pyarrow
         try:
             import datasets  # noqa: F401
         except ImportError:
@@ -447,12 +449,9 @@ def _columns_of(path: Path, fmt: str) -> tuple[tuple[str, ...], tuple[str, ...]]
         pq = _need("pyarrow.parquet", "reading a Parquet file")
         schema = pq.ParquetFile(path).schema_arrow
     else:
-        try:
-            import datasets  # noqa: F401
-        except ImportError:
-            schema = _arrow_schema(path)
-        else:
-            schema = _load_from_disk(str(path)).data.schema
+        probe = PromptStream(path=path, format="hf", column=None, limit=None, columns=())
+        ds = probe._hf_dataset()
+        schema = _arrow_schema(path) if ds is None else ds.data.schema
     names = tuple(schema.names)
     return names, tuple(f.name for f in schema if _is_text_type(f.type))
 
