@@ -269,3 +269,92 @@ def test_parquet_streaming_memory(tmp_path):
     table_bytes = 100_000 * 215
     assert n == 100_000
     assert peak < table_bytes / 4, (before, peak, table_bytes)  # read_table: > table_bytes
+
+
+# -- suites and the CLI ---------------------------------------------------------------------------
+
+REPO_PROBES = Path(__file__).resolve().parents[1] / "probes"
+
+
+def _suite_with_dataset(tmp_path: Path, dataset_lines: str, prompts_lines: str = "") -> Path:
+    path = tmp_path / "s.toml"
+    path.write_text(
+        '[suite]\nname = "pos"\nstudy = "trajectories"\n\n'
+        f"[prompts]\n{prompts_lines}\n[dataset]\n{dataset_lines}\n"
+        '[analysis]\nword_column = "word"\ngroup_column = "pos"\ngroups = ["NOUN", "ADJ"]\n')
+    return path
+
+
+def test_suite_dataset_equals_its_tsv_prompt_file(tmp_path):
+    """[dataset] gives the same prompts and per-prompt columns as the shipped TSV prompt file."""
+    import pandas as pd
+
+    from tlprobes.suites import load_suite
+
+    tsv = load_suite(REPO_PROBES / "nouns_adjectives.toml")
+    frame = pd.read_csv(REPO_PROBES / "prompts" / "pos_words.tsv", sep="\t", keep_default_na=False)
+    assert frame["word_index"].dtype.kind == "i"  # an int column comes back as text, as from the TSV
+    (tmp_path / "data").mkdir()
+    frame.to_parquet(tmp_path / "data" / "pos.parquet", row_group_size=17)
+    suite = load_suite(_suite_with_dataset(
+        tmp_path, 'path = "data/pos.parquet"\ncolumn = "sentence"\n'))
+    assert suite.prompts == tsv.prompts
+    assert suite.columns == tsv.columns
+    assert suite.to_dict()["dataset"]["format"] == "parquet"
+    assert suite.to_dict()["n_prompts"] == len(tsv.prompts)
+    limited = load_suite(_suite_with_dataset(
+        tmp_path, f'path = "{tmp_path / "data" / "pos.parquet"}"\ncolumn = "sentence"\nlimit = 9\n'))
+    assert limited.prompts == tsv.prompts[:9] and limited.columns["pos"] == tsv.columns["pos"][:9]
+
+
+def test_suite_dataset_errors(tmp_path):
+    from tlprobes.suites import SuiteError, load_suite
+
+    (tmp_path / "d.jsonl").write_text('{"sentence": "Mary saw her dog.", "word": "dog"}\n')
+    with pytest.raises(SuiteError, match=r"s.toml:\d+: dataset .* no column 'sentense'.*'sentence', 'word'"):
+        load_suite(_suite_with_dataset(tmp_path, 'path = "d.jsonl"\ncolumn = "sentense"\n'))
+    with pytest.raises(SuiteError, match="not both"):
+        load_suite(_suite_with_dataset(tmp_path, 'path = "d.jsonl"\n', 'file = "d.jsonl"\n'))
+    with pytest.raises(SuiteError, match=r"\[dataset\] needs the key 'path'"):
+        load_suite(_suite_with_dataset(tmp_path, 'column = "sentence"\n'))
+    with pytest.raises(SuiteError, match=r"unknown key 'colum' in \[dataset\]"):
+        load_suite(_suite_with_dataset(tmp_path, 'path = "d.jsonl"\ncolum = "x"\n'))
+    with pytest.raises(SuiteError, match="target ' him'.*absent from prompt 0"):
+        load_suite(_suite_with_dataset(tmp_path, 'path = "d.jsonl"\ncolumn = "sentence"\n',
+                                       'target = " him"\n'))
+    suite = load_suite(_suite_with_dataset(tmp_path, 'path = "d.jsonl"\ncolumn = "sentence"\n',
+                                           'target = " her"\n'))
+    assert suite.prompts == ["Mary saw her dog."] and suite.columns["word"] == ["dog"]
+
+
+def test_cli_dataset_flags_run_the_same_prompts(tmp_path, capsys):
+    """`tlprobes run --dataset --column --limit` on the shipped model: the same numbers as the suite's
+    own prompt file cut to the same length; the manifest records the dataset."""
+    from tlprobes.cli import main as cli
+    from tlprobes.suites import load_results
+
+    lines = [ln for ln in (REPO_PROBES / "prompts" / "general.txt").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    data = tmp_path / "general.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "prompt": p, "note": "x"}) + "\n"
+                            for i, p in enumerate(lines)))
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli(["run", "path_length", "--limit", "6", "--out", str(a), "--quiet"]) == 0
+    assert cli(["run", "path_length", "--dataset", str(data), "--column", "prompt", "--limit", "6",
+                "--out", str(b), "--quiet"]) == 0
+    ra, rb = load_results(a), load_results(b)
+    assert ra.manifest["suite"]["n_prompts"] == rb.manifest["suite"]["n_prompts"] == 6
+    assert rb.manifest["suite"]["dataset"]["path"] == str(data)
+    assert rb.manifest["suite"]["dataset"]["column"] == "prompt"
+    assert set(ra.tables) == set(rb.tables)
+    for name in ra.tables:
+        import pandas as pd
+
+        pd.testing.assert_frame_equal(ra.tables[name], rb.tables[name])
+    capsys.readouterr()
+    assert cli(["run", "path_length", "--dataset", str(data), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "several text columns" in err and "'prompt', 'note'" in err
+    assert cli(["run", "path_length", "--column", "prompt", "--out", str(tmp_path / "c")]) == 2
+    assert "--dataset PATH" in capsys.readouterr().err
+    assert cli(["run", "path_length", "--limit", "0"]) == 2
