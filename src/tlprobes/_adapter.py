@@ -161,7 +161,7 @@ class Adapter:
             tl_version=_tl_version(),
             mode=mode,
             dtype=str(param.dtype).replace("torch.", "") if param is not None else "unknown",
-            device=str(param.device) if param is not None else "cpu",
+            device=str(execution_device(model) or "cpu"),
             n_layers=self.n_layers,
             d_model=self.d_model,
             n_heads=self.n_heads,
@@ -264,11 +264,16 @@ class Adapter:
     # ------------------------------------------------------------------ unembedding
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        return self.model.W_U
+        W = self.model.W_U
+        if W.device.type == "meta":  # the unembedding is offloaded (accelerate device_map): load it
+            W = _materialized(self.model.unembed, lambda: self.model.W_U)
+        return W
 
     @property
     def b_U(self) -> Float[Tensor, " d_vocab"]:
         b = getattr(self.model, "b_U", None)
+        if b is not None and b.device.type == "meta":
+            b = _materialized(self.model.unembed, lambda: self.model.b_U)
         if b is None:
             return torch.zeros(self.d_vocab, dtype=self.W_U.dtype, device=self.W_U.device)
         return b
@@ -318,7 +323,7 @@ class Adapter:
     def _as_input(module: Any, x: Tensor) -> Tensor:
         """``x`` on the module's device and in its dtype (what the model's forward hands it)."""
         p = next(iter(module.parameters()), None) if module is not None else None
-        return x if p is None else x.to(device=p.device, dtype=p.dtype)
+        return x if p is None else x.to(device=execution_device(module), dtype=p.dtype)
 
     def ln_final(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
         """The model's own final normalisation applied to ``x`` (fresh statistics, no hook fires).
@@ -427,6 +432,39 @@ class Adapter:
         if tok is None:
             return [str(i) for i in ids]
         return [tok.decode([i]) for i in ids]
+
+
+def execution_device(module: torch.nn.Module) -> torch.device | None:
+    """Where ``module`` runs: its first parameter's device, or, when accelerate offloaded it to the
+    CPU or disk (a ``device_map`` with ``"cpu"``/``"disk"``: its parameters sit on the meta device),
+    the execution device of accelerate's hook on it (``None`` for a module without parameters).
+
+    Example::
+
+        >>> execution_device(torch.nn.Linear(2, 2))
+        device(type='cpu')
+    """
+    p = next(iter(module.parameters()), None)
+    if p is None:
+        return None
+    if p.device.type != "meta":
+        return p.device
+    for m in module.modules():  # the module itself first, then its children in order
+        hook = getattr(m, "_hf_hook", None)
+        for h in getattr(hook, "hooks", [hook]):  # accelerate's SequentialHook holds several
+            dev = getattr(h, "execution_device", None)
+            if dev is not None:
+                return torch.device(f"cuda:{dev}" if isinstance(dev, int) else dev)
+    return torch.device("cpu")
+
+
+def _materialized(module: Any, read: Any) -> Tensor:
+    """``read()`` while accelerate has loaded ``module``'s offloaded weights (a detached copy)."""
+    from accelerate.utils import align_module_device
+
+    target = getattr(module, "original_component", None) or module
+    with align_module_device(target):
+        return read().detach().clone()
 
 
 def _refuse_unsupported(model: Any) -> None:
