@@ -355,6 +355,8 @@ def test_padding_is_masked(tiny):
 def test_state_dict_round_trip(tiny, tmp_path):
     from safetensors.torch import load_file, save_file
 
+    from tlprobes._state import FORMAT, load_state, save_state
+
     hs = _her_run(tiny, keep_tokens=True)
     sd = hs.state_dict()
     back = HeadStepsCapture.from_state_dict(sd)
@@ -365,16 +367,28 @@ def test_state_dict_round_trip(tiny, tmp_path):
     for k, v in hs.tokens.items():
         assert torch.equal(back.tokens[k], v, ) or torch.equal(back.tokens[k].isnan(), v.isnan())
         assert torch.equal(back.tokens[k].nan_to_num(7.0), v.nan_to_num(7.0))
-    tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    save_file(tensors, tmp_path / "hs.safetensors", metadata={"info": sd["info"]})
+    # one safetensors file through the state protocol: tensors as tensors, the rest as JSON
+    path = save_state(tmp_path / "hs.safetensors", sd)
     from safetensors import safe_open
 
-    with safe_open(tmp_path / "hs.safetensors", "pt") as f:
-        info = f.metadata()["info"]
-    loaded = load_file(tmp_path / "hs.safetensors")
-    again = HeadStepsCapture.from_state_dict({**loaded, "info": info})
+    with safe_open(path, "pt") as f:
+        info = json.loads(f.metadata()[FORMAT])["state"]
+    loaded = load_file(path)
+    assert set(loaded) >= {"moments.contrast.sumsq", "tokens.angle"}
+    again = HeadStepsCapture.from_state_dict(load_state(path))
     assert torch.equal(again.moments["contrast"]["sumsq"], hs.moments["contrast"]["sumsq"])
-    assert json.loads(info)["settings"]["baseline"].startswith("Target(")
+    assert info["settings"]["baseline"].startswith("Target(")
+    # the flat layout of earlier versions (tensors plus a JSON "info" string) still loads
+    legacy_info = {"parts": list(hs.parts), "settings": hs.settings, "meta": hs.meta.to_dict(),
+                   "groups": list(hs.moments)}
+    save_file(hs.tensors(), tmp_path / "old.safetensors",
+              metadata={"info": json.dumps(legacy_info, sort_keys=True)})
+    with safe_open(tmp_path / "old.safetensors", "pt") as f:
+        old_info = f.metadata()["info"]
+    old = HeadStepsCapture.from_state_dict({**load_file(tmp_path / "old.safetensors"),
+                                            "info": old_info})
+    assert torch.equal(old.moments["contrast"]["sumsq"], hs.moments["contrast"]["sumsq"])
+    assert json.loads(old_info)["settings"]["baseline"].startswith("Target(")
     html = back.to_html()  # the capture shows itself (heatmaps), also after a round trip
     assert html.count("<img") == 3 and "HeadSteps" in html
     merged = back.merge(hs)

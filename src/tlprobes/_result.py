@@ -23,8 +23,9 @@ from torch import Tensor
 
 from ._adapter import Meta
 from ._errors import InputError, choices
+from ._state import check_kind, state_class
 
-__all__ = ["Displayable", "Inputs", "Result", "pad_cat"]
+__all__ = ["Displayable", "Inputs", "Result", "pad_cat", "check_meta"]
 
 
 def pad_cat(tensors: list[Tensor], *, dim: int, pad_dims: tuple[int, ...], value: Any) -> Tensor:
@@ -56,6 +57,7 @@ class Inputs:
     prompts: list[str] | None = None
     decode: Callable[[list[int]], list[str]] | None = field(default=None, repr=False)
     _str_tokens: list[list[str]] | None = field(default=None, repr=False)
+    pad_id: int | None = field(default=None, repr=False)  # the id padding uses (for merging)
 
     @property
     def str_tokens(self) -> list[list[str]]:
@@ -76,6 +78,7 @@ class Inputs:
     @staticmethod
     def concat(parts: list[Inputs], pad_id: int) -> Inputs:
         if len(parts) == 1:
+            parts[0].pad_id = pad_id
             return parts[0]
         prompts = None
         if all(p.prompts is not None for p in parts):
@@ -85,7 +88,113 @@ class Inputs:
             attention_mask=pad_cat([p.attention_mask for p in parts], dim=0, pad_dims=(1,), value=False),
             prompts=prompts,
             decode=parts[0].decode,
+            pad_id=pad_id,
         )
+
+    def merge(self, other: Inputs) -> Inputs:
+        """These prompts then ``other``'s, padded to the longer width with the pad token (as a
+        session pads its batches); a live decoder wins over a saved token table."""
+        return _merge_inputs(self, other)
+
+    def state_dict(self, extra_ids: Tensor | None = None) -> dict[str, Any]:
+        """Tokens, mask, prompts, pad id, and the string of every token id used (plus
+        ``extra_ids``), so a loaded capture shows the same strings without the tokenizer."""
+        return _inputs_state(self, extra_ids)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> Inputs:
+        return _inputs_from_state(state)
+
+
+class TokenTable:
+    """A decoder rebuilt from a saved state: token id -> its string (ids not in the table print
+    as numbers)."""
+
+    def __init__(self, table: dict[int, str]) -> None:
+        self.table = table
+
+    def __call__(self, ids: list[int]) -> list[str]:
+        return [self.table.get(int(i), str(i)) for i in ids]
+
+
+def _decoder_for(a: Any, b: Any) -> Any:
+    """The decoder of a merged input: a live tokenizer's wins over saved tables; tables unite."""
+    if isinstance(a, TokenTable) and isinstance(b, TokenTable):
+        return TokenTable({**a.table, **b.table})
+    if a is None or isinstance(a, TokenTable):
+        return b if b is not None else a
+    return a
+
+
+def _pad_id(inputs: Inputs) -> int | None:
+    pid = getattr(inputs, "pad_id", None)
+    if pid is not None:
+        return int(pid)
+    pad = ~inputs.attention_mask.bool()
+    return int(inputs.tokens[pad][0]) if bool(pad.any()) else None
+
+
+def _merge_inputs(a: Inputs, b: Inputs) -> Inputs:
+    pid = _pad_id(a)
+    pid = _pad_id(b) if pid is None else pid
+    pid = 0 if pid is None else pid
+    prompts = a.prompts + b.prompts if a.prompts is not None and b.prompts is not None else None
+    out = Inputs(
+        tokens=pad_cat([a.tokens, b.tokens], dim=0, pad_dims=(1,), value=pid),
+        attention_mask=pad_cat(
+            [a.attention_mask, b.attention_mask], dim=0, pad_dims=(1,), value=False
+        ),
+        prompts=prompts,
+        decode=_decoder_for(a.decode, b.decode),
+        pad_id=pid,
+    )
+    return out
+
+
+def _inputs_state(inputs: Inputs, extra_ids: Tensor | None = None) -> dict[str, Any]:
+    vocab = None
+    if inputs.decode is not None:
+        ids = inputs.tokens.reshape(-1)
+        if extra_ids is not None:
+            ids = torch.cat([ids, extra_ids.reshape(-1).to(ids.dtype)])
+        uniq = torch.unique(ids[ids >= 0]).tolist()
+        vocab = {"ids": torch.tensor(uniq, dtype=torch.long), "strings": list(inputs.decode(uniq))}
+    return {
+        "tokens": inputs.tokens,
+        "attention_mask": inputs.attention_mask,
+        "prompts": None if inputs.prompts is None else list(inputs.prompts),
+        "pad_id": getattr(inputs, "pad_id", None),
+        "vocab": vocab,
+    }
+
+
+def _inputs_from_state(state: dict[str, Any]) -> Inputs:
+    vocab = state.get("vocab")
+    decode = None
+    if vocab is not None:
+        decode = TokenTable(dict(zip(vocab["ids"].tolist(), vocab["strings"])))
+    out = Inputs(tokens=state["tokens"], attention_mask=state["attention_mask"],
+                 prompts=state.get("prompts"), decode=decode, pad_id=state.get("pad_id"))
+    return out
+
+
+#: Meta keys that may differ between the pieces of one run (each shard's model device).
+_META_FREE = ("device",)
+
+
+def check_meta(a: Meta | None, b: Meta | None, what: str) -> None:
+    """Refuse to merge pieces from different models, modes or dtypes, naming the differing key
+    (the model's device may differ: each shard runs where it runs)."""
+    if a is None or b is None:
+        return
+    da, db = a.to_dict(), b.to_dict()
+    for key in da:
+        if key not in _META_FREE and da[key] != db.get(key):
+            raise InputError(
+                f"cannot merge {what}: meta key {key!r} differs ({db.get(key)!r} vs {da[key]!r}); "
+                "pieces of one run come from one model, mode and dtype"
+            )
+
 
 
 class Displayable:
@@ -171,6 +280,68 @@ class Result(Displayable, Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._captures)
+
+    # ---------------------------------------------------------------- merging and saving
+    def merge(self, other: Result) -> Result:
+        """This result's prompts, then ``other``'s, capture by capture (a new result): what one
+        run over both prompt lists gives, when the pieces were cut at batch boundaries. Refuses
+        results of another model, mode or dtype, or other settings, naming the differing key."""
+        if not isinstance(other, Result):
+            raise InputError(f"cannot merge {type(other).__name__} into a Result; valid: a Result")
+        check_meta(self.meta, other.meta, "results")
+        for key in sorted(set(self.settings) | set(other.settings)):
+            if self.settings.get(key) != other.settings.get(key):
+                raise InputError(
+                    f"cannot merge results: setting {key!r} differs ({other.settings.get(key)!r} "
+                    f"vs {self.settings.get(key)!r})"
+                )
+        if list(self._captures) != list(other._captures):
+            raise InputError(f"cannot merge results holding captures {list(other._captures)} into "
+                             f"one holding {list(self._captures)}")
+        inputs = self.inputs.merge(other.inputs)
+        captures = {}
+        for name, cap in self._captures.items():
+            if hasattr(cap, "_merge"):  # captures with prompts share the merged inputs
+                captures[name] = cap._merge(other._captures[name], inputs)
+            else:
+                captures[name] = cap.merge(other._captures[name])
+        return Result(captures, inputs, self.meta, dict(self.settings))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every capture's state, the inputs (once), the model facts and the settings: tensors
+        and JSON-able values only (save with :func:`tlprobes._state.save_state`)."""
+        caps: dict[str, Any] = {}
+        extra = []
+        for name, cap in self._captures.items():
+            if hasattr(cap, "_fields_state"):
+                caps[name] = {"kind": type(cap).__name__, "fields": cap._fields_state()}
+                ids = cap._extra_ids() if hasattr(cap, "_extra_ids") else None
+                if ids is not None:
+                    extra.append(ids.reshape(-1))
+            else:
+                caps[name] = cap.state_dict()
+        return {
+            "kind": "Result",
+            "captures": caps,
+            "inputs": self.inputs.state_dict(torch.cat(extra) if extra else None),
+            "meta": self.meta.to_dict(),
+            "settings": dict(self.settings),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> Result:
+        """The result :meth:`state_dict` describes (captures of the kinds tlprobes knows)."""
+        check_kind(state, cls)
+        inputs = Inputs.from_state_dict(state["inputs"])
+        meta = Meta(**state["meta"])
+        captures = {}
+        for name, cs in state["captures"].items():
+            kind = state_class(cs.get("kind"))
+            if "fields" in cs and hasattr(kind, "_from_fields"):
+                captures[name] = kind._from_fields(cs["fields"], inputs, meta)
+            else:
+                captures[name] = kind.from_state_dict(cs)
+        return cls(captures, inputs, meta, dict(state["settings"]))
 
     def _build_page(self) -> Any:
         """One report: the manifest, then each capture's own view."""

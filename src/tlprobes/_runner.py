@@ -119,6 +119,10 @@ def run(
     device: torch.device | str | None = "cpu",
     dtype: torch.dtype | str | None = None,
     progress: bool | None = None,
+    shard_size: int | None = None,
+    out: Any = None,
+    engine: Any = "local",
+    resume: bool = False,
     **forward_kwargs: Any,
 ) -> Result:
     """Run ``probes`` over ``prompts`` in batches and return the merged :class:`~tlprobes.Result`.
@@ -137,11 +141,22 @@ def run(
             ``batch_size`` (what the course's random control draws from).
         device, dtype: where captures are kept (CPU by default).
         progress: show a tqdm bar (default: when there is more than one batch).
+        shard_size, out, engine, resume: a sharded, resumable run (see :mod:`tlprobes._shards`):
+            prompts in fixed ranges of ``shard_size`` (a multiple of ``batch_size``), each committed
+            under ``out`` by ``engine`` (``"local"``, ``"torchrun"``, ``"ray"``); ``resume=True``
+            computes only shards without a valid commit. Without them nothing changes.
 
     Example::
 
         >>> res = tp.run(model, ["She gave her a book."], tp.Residual(positions=tp.Target(" her")))  # doctest: +SKIP
     """
+    from ._shards.run import run_sharded, wants_sharding
+
+    if wants_sharding(shard_size, out, engine, resume):
+        return run_sharded(model, prompts, *probes, shard_size=shard_size, out=out, engine=engine,
+                           resume=resume, batch_size=batch_size, attention_mask=attention_mask,
+                           padding_side=padding_side, prepend_bos=prepend_bos, pad_to=pad_to,
+                           device=device, dtype=dtype, progress=progress, **forward_kwargs)
     adapter = adapter_for(model)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int):
         raise ArgumentError(f"batch_size must be a positive int, got {type(batch_size).__name__} "
@@ -191,7 +206,7 @@ def run(
 
 
 _RUN_ARGS = ("batch_size", "attention_mask", "padding_side", "prepend_bos", "pad_to", "device",
-             "dtype", "progress")
+             "dtype", "progress", "shard_size", "out", "engine", "resume")
 _RESERVED = ("input", "tokens", "return_type", "start_at_layer", "stop_at_layer")
 
 

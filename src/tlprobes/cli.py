@@ -8,6 +8,10 @@
     tlprobes run path_length --dataset data/wiki.parquet --column text --limit 100000
     tlprobes list --suites my_suites/
     tlprobes render runs/angles
+    tlprobes run rotation_angles --shard-size 64 --resume          # sharded, resumable
+    torchrun --nproc-per-node 2 -m tlprobes run rotation_angles     # one shard stream per rank
+    tlprobes status runs/angles                                     # shards done / running / missing
+    tlprobes merge runs/angles                                      # run directory from the commits
 
 A user error (a bad suite, value, path or device) prints one line ``tlprobes: error: ...`` naming
 the bad value and what would be valid, and exits with status 2; ``--debug`` also prints the
@@ -71,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--column", metavar="C", help="the dataset column holding the prompts")
     run.add_argument("--limit", type=_positive_int, metavar="N", help="run the first N prompts only")
     run.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    run.add_argument("--engine", choices=("local", "torchrun", "ray"),
+                     help="shard the run: commits under OUT.shards/ (default: torchrun when started "
+                          "by torchrun, else unsharded unless --shard-size or --resume)")
+    run.add_argument("--shard-size", type=_positive_int,
+                     help="prompts per shard, a multiple of the batch size (default 64 batches)")
+    run.add_argument("--resume", action="store_true",
+                     help="compute only the shards without a valid commit (any engine, any worker count)")
+    run.add_argument("--replicas", type=_positive_int, help="ray: number of model replicas")
+    run.add_argument("--gpus-per-replica", type=_positive_int, help="ray: GPUs given to each replica")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     lst = sub.add_parser("list", help="list the suites in --suites DIR, ./probes and the shipped probes/")
     lst.add_argument("--suites", action="append", default=[], metavar="DIR",
@@ -79,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     render = sub.add_parser("render", help="rebuild report.html of a run directory")
     render.add_argument("dir", help="a run directory written by `tlprobes run`")
     render.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    merge = sub.add_parser("merge", help="fold the committed shards of a sharded run, in shard order")
+    merge.add_argument("dir", help="a run folder (or its .shards folder), or a tp.run(out=...) folder")
+    merge.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    status = sub.add_parser("status", help="shards done, running and missing of a sharded run")
+    status.add_argument("dir", help="a run folder (or its .shards folder), or a tp.run(out=...) folder")
+    status.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
@@ -119,9 +138,39 @@ def _run(args: Any) -> int:
         suite = with_dataset(suite, args.dataset, column=args.column, limit=args.limit)
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
+    options = {k: v for k, v in (("replicas", args.replicas),
+                                 ("gpus_per_replica", args.gpus_per_replica)) if v is not None}
+    if options and args.engine != "ray":
+        from ._errors import InputError
+
+        raise InputError(f"--replicas and --gpus-per-replica are options of --engine ray, got "
+                         f"--engine {args.engine or 'local'!r}")
+    if args.batch_size and args.shard_size and args.shard_size % args.batch_size:
+        from ._errors import InputError
+
+        raise InputError(f"--shard-size {args.shard_size} must be a multiple of --batch-size "
+                         f"{args.batch_size}")
     run_suite(suite, out=args.out, model=args.model, second_model=args.second_model,
               batch_size=args.batch_size, device=args.device, save_arrays=args.save_arrays,
-              quiet=args.quiet, overwrite=args.overwrite)
+              quiet=args.quiet, overwrite=args.overwrite, engine=args.engine,
+              shard_size=args.shard_size, resume=args.resume, engine_options=options or None)
+    return 0
+
+
+def _status(args: Any) -> int:
+    from ._shards.merge import status
+
+    for name, st in status(args.dir).items():
+        print(f"{name}: {len(st['done'])}/{st['n_shards']} done, {len(st['running'])} running "
+              f"{st['running']}, {len(st['missing'])} missing {st['missing']}  ({st['dir']})")
+    return 0
+
+
+def _merge(args: Any) -> int:
+    from ._shards.merge import merge_run
+
+    out = merge_run(args.dir)
+    print(out if not hasattr(out, "inputs") else f"tlprobes: merged {out!r}")
     return 0
 
 
@@ -137,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _list(args)
+        if args.command == "status":
+            return _status(args)
+        if args.command == "merge":
+            return _merge(args)
         if args.command == "render":
             from .suites import render_run
 

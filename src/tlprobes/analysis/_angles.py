@@ -561,7 +561,8 @@ class AngleAccumulator(LayerMoments):
     """Streaming mean/SD/CI of the consecutive-layer angle per layer (and group).
 
     ``update`` takes a residual capture / ``[L+1, B, P, d]`` states, or a steps capture with
-    ``.angle`` ``[L, B, P]``; ``merge`` adds another accumulator; ``compute`` summarises.
+    ``.angle`` ``[L, B, P]``; ``merge`` adds another accumulator; ``compute`` summarises;
+    ``state_dict`` / ``from_state_dict`` round-trip the state exactly.
 
     >>> import numpy as np
     >>> x = np.random.default_rng(0).normal(size=(3, 4, 5, 8))
@@ -575,7 +576,7 @@ class AngleAccumulator(LayerMoments):
         super().__init__("angle", first_layer=1)
         self.settings = {"exclude_first": exclude_first, "units": "deg"}
 
-    def update(self, data: Any, mask: Any = None, *, group: str = "all") -> None:
+    def update(self, data: Any, mask: Any = None, *, group: str = "all") -> None:  # type: ignore[override]
         """Fold one batch in."""
         if hasattr(data, "angle") and not hasattr(data, "shape"):
             st = as_states(data, mask, attr="angle", vector=False)
@@ -587,7 +588,7 @@ class AngleAccumulator(LayerMoments):
         n_bad = int((~np.isfinite(th) & ok[None]).sum())
         warn_nan(n_bad, "angles")
         note_mode(self.settings, st.mode)
-        self.add(th, ok[None], group)
+        self._fold(th, ok[None], group)
 
 
 @dataclass(frozen=True, eq=False, repr=False)

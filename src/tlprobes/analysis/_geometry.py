@@ -1,6 +1,6 @@
 """Embedding geometry (seed 000/001; lectures 168-170, 213, 230): cosine matrices, PCA
-eigenstructure, t-SNE with trustworthiness, representation drift, anisotropy and state-space
-trajectories in one common PCA basis.
+eigenstructure, t-SNE with trustworthiness and state-space trajectories in one common PCA basis
+(drift and anisotropy live in ``_drift.py`` and ``_anisotropy.py``).
 
     >>> import numpy as np
     >>> cosine_matrix(np.array([[1.0, 0.0], [0.0, 2.0]])).tolist()
@@ -18,8 +18,7 @@ import torch
 from jaxtyping import Float, Real
 
 from .._errors import InputError
-from ._inputs import as_array, as_states, first_token_mask, warn_nan
-from ._stream import check_mergeable, note_mode
+from ._inputs import as_array, as_states, warn_nan
 from ._tables import FrameMixin, long_frame
 
 __all__ = [
@@ -28,12 +27,6 @@ __all__ = [
     "PCAResult",
     "tsne",
     "TSNEResult",
-    "drift",
-    "Drift",
-    "DriftAccumulator",
-    "anisotropy",
-    "Anisotropy",
-    "AnisotropyAccumulator",
     "state_space_trajectories",
     "StateSpace",
 ]
@@ -194,210 +187,6 @@ def tsne(
     settings = {"perplexity": perp, "random_state": random_state, "init": init,
                 "n_neighbors": n_neighbors}
     return TSNEResult(emb, float(model.kl_divergence_), float(tw), settings)
-
-
-def _cka(X: np.ndarray, Y: np.ndarray) -> float:
-    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
-    num = np.linalg.norm(Xc.T @ Yc) ** 2
-    den = np.linalg.norm(Xc.T @ Xc) * np.linalg.norm(Yc.T @ Yc)
-    return float(num / den) if den > 0 else np.nan
-
-
-@dataclass(frozen=True, eq=False, repr=False)
-class Drift(FrameMixin):
-    """Representation drift per layer l = 1..L over the included tokens:
-    ``fro`` = |Z_l - Z_(l-1)|_F,
-    ``relative`` = fro / |Z_(l-1)|_F, ``cosine`` = 1 - mean_t cos(x_l, x_(l-1)), ``cka`` = linear
-    CKA(Z_l, Z_(l-1)) (NaN when streamed), ``n`` tokens used and ``n_nan`` tokens skipped because
-    a state was NaN/inf (zero vectors count in ``fro`` but not in ``cosine``)."""
-
-    layers: np.ndarray
-    fro: np.ndarray
-    relative: np.ndarray
-    cosine: np.ndarray
-    cka: np.ndarray
-    n: np.ndarray
-    n_nan: np.ndarray
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def to_frame(self) -> pd.DataFrame:
-        keys = ("fro", "relative", "cosine", "cka", "n", "n_nan")
-        return long_frame({("drift", k): getattr(self, k) for k in keys}, layers=self.layers)
-
-
-def _included(st: Any, exclude_first: bool) -> np.ndarray:
-    return st.mask & ~first_token_mask(st) if exclude_first else st.mask.copy()
-
-
-class DriftAccumulator:
-    """Streaming drift: sums of |Δx|^2, |x_(l-1)|^2 and cos(x_l, x_(l-1)) per layer.
-
-    >>> import numpy as np
-    >>> x = np.random.default_rng(0).normal(size=(3, 4, 5, 8))
-    >>> a, b = DriftAccumulator(), DriftAccumulator()
-    >>> a.update(x[:, :2]); b.update(x[:, 2:])
-    >>> bool(np.allclose(a.merge(b).compute().fro, drift(x).fro))
-    True
-    """
-
-    def __init__(self, *, exclude_first: bool = True) -> None:
-        self.settings: dict[str, Any] = {"exclude_first": exclude_first}
-        # [6, L]: n, sum |d|^2, sum |x_prev|^2, sum cos, n with a cosine, n non-finite
-        self._s: np.ndarray | None = None
-
-    def update(self, data: Any, mask: Any = None) -> None:
-        """Fold one batch of states (residual capture or ``[L+1, B, P, d]``) in."""
-        st = as_states(data, mask)
-        inc = _included(st, self.settings["exclude_first"])
-        x = st.values[:, inc]  # [L+1, N, d]
-        fin = np.isfinite(x).all(-1)
-        ok = fin[1:] & fin[:-1]  # [L, N]: both states finite
-        xz = np.where(fin[..., None], x, 0.0)
-        d2 = np.where(ok, ((xz[1:] - xz[:-1]) ** 2).sum(-1), 0.0)
-        p2 = np.where(ok, (xz[:-1] ** 2).sum(-1), 0.0)
-        ua, _ = _unit(x[1:])
-        ub, _ = _unit(x[:-1])
-        cos = (ua * ub).sum(-1)
-        cok = np.isfinite(cos) & ok
-        warn_nan(int((~cok).sum()), "token steps (drift: zero or non-finite vectors)")
-        new = np.stack([ok.sum(1), d2.sum(1), p2.sum(1), np.where(cok, cos, 0).sum(1),
-                        cok.sum(1), (~ok).sum(1)]).astype(float)
-        note_mode(self.settings, st.mode)
-        if self._s is not None and self._s.shape != new.shape:
-            raise InputError(f"batch has {new.shape[1]} layers, earlier ones {self._s.shape[1]}")
-        self._s = new if self._s is None else self._s + new
-
-    def merge(self, other: DriftAccumulator) -> DriftAccumulator:
-        """Add ``other``'s sums into this accumulator (in place) and return self."""
-        check_mergeable(self, other)
-        if other._s is not None:
-            self._s = other._s.copy() if self._s is None else self._s + other._s
-        return self
-
-    def compute(self) -> Drift:
-        if self._s is None:
-            raise InputError("nothing to compute: call update(...) with at least one batch first")
-        n, d2, p2, cs, nc, nn = self._s
-        with np.errstate(invalid="ignore", divide="ignore"):
-            fro = np.where(n > 0, np.sqrt(d2), np.nan)
-            return Drift(np.arange(1, n.size + 1), fro, fro / np.sqrt(p2), 1 - cs / nc,
-                         np.full(n.size, np.nan), n.astype(int), nn.astype(int),
-                         dict(self.settings))
-
-
-def drift(
-    data: Any, mask: Any = None, *, exclude_first: bool = True, mode: str | None = None
-) -> Drift:
-    """Representation drift between consecutive layers over valid tokens (Frobenius, relative,
-    cosine and linear CKA). ``data``: residual capture or ``[L+1, B, P, d]``.
-
-    >>> import numpy as np
-    >>> drift(np.ones((3, 1, 4, 2)), exclude_first=False).fro.tolist()
-    [0.0, 0.0]
-    """
-    acc = DriftAccumulator(exclude_first=exclude_first)
-    st = as_states(data, mask, mode=mode)
-    acc.update(data, mask)
-    res = acc.compute()
-    x = st.values[:, _included(st, exclude_first)]
-    fin = np.isfinite(x).all(-1)
-    cka = np.full(x.shape[0] - 1, np.nan)
-    for i in range(x.shape[0] - 1):
-        ok = fin[i] & fin[i + 1]
-        if ok.sum() > 1:
-            cka[i] = _cka(x[i + 1, ok], x[i, ok])
-    settings = {**res.settings, "mode": st.mode, "meta": st.meta}
-    return Drift(res.layers, res.fro, res.relative, res.cosine, cka, res.n, res.n_nan, settings)
-
-
-@dataclass(frozen=True, eq=False, repr=False)
-class Anisotropy(FrameMixin):
-    """Mean cosine over all distinct pairs of included token vectors, per layer 0..L (exact, from
-    the sum of unit vectors: (|sum u|^2 - n) / (n (n - 1)))."""
-
-    layers: np.ndarray
-    mean_cosine: np.ndarray
-    n: np.ndarray
-    n_nan: np.ndarray
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def to_frame(self) -> pd.DataFrame:
-        return long_frame({("anisotropy", "mean_cosine"): self.mean_cosine,
-                           ("anisotropy", "n"): self.n, ("anisotropy", "n_nan"): self.n_nan},
-                          layers=self.layers)
-
-
-class AnisotropyAccumulator:
-    """Streaming anisotropy (sum of unit vectors and counts per layer).
-
-    >>> import numpy as np
-    >>> x = np.random.default_rng(0).normal(size=(2, 3, 4, 8))
-    >>> a, b = AnisotropyAccumulator(), AnisotropyAccumulator()
-    >>> a.update(x[:, :1]); b.update(x[:, 1:])
-    >>> bool(np.allclose(a.merge(b).compute().mean_cosine, anisotropy(x).mean_cosine))
-    True
-    """
-
-    def __init__(self, *, exclude_first: bool = True) -> None:
-        self.settings: dict[str, Any] = {"exclude_first": exclude_first, "pairs": "all distinct"}
-        self._sum: np.ndarray | None = None
-        self._n: np.ndarray | None = None
-        self._nan: np.ndarray | None = None
-
-    def update(self, data: Any, mask: Any = None) -> None:
-        """Fold one batch of states (residual capture or ``[L+1, B, P, d]``) in."""
-        st = as_states(data, mask)
-        x = st.values[:, _included(st, self.settings["exclude_first"])]
-        u, bad = _unit(x)
-        warn_nan(int(bad.sum()), "vectors (anisotropy)")
-        s = np.where(bad[..., None], 0.0, u).sum(1)
-        n = (~bad).sum(1)
-        note_mode(self.settings, st.mode)
-        if self._sum is None:
-            self._sum, self._n, self._nan = s, n, bad.sum(1)
-        else:
-            if self._sum.shape != s.shape:
-                raise InputError(f"batch shape {s.shape} differs from earlier {self._sum.shape}")
-            self._sum, self._n, self._nan = self._sum + s, self._n + n, self._nan + bad.sum(1)
-
-    def merge(self, other: AnisotropyAccumulator) -> AnisotropyAccumulator:
-        """Add ``other``'s sums into this accumulator (in place) and return self."""
-        check_mergeable(self, other)
-        if other._sum is not None:
-            if self._sum is None:
-                self._sum, self._n = other._sum.copy(), other._n.copy()
-                self._nan = other._nan.copy()
-            else:
-                self._sum, self._n = self._sum + other._sum, self._n + other._n
-                self._nan = self._nan + other._nan
-        return self
-
-    def compute(self) -> Anisotropy:
-        if self._sum is None:
-            raise InputError("nothing to compute: call update(...) with at least one batch first")
-        n = self._n.astype(float)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mc = np.where(n > 1, ((self._sum**2).sum(-1) - n) / (n * (n - 1)), np.nan)
-        return Anisotropy(np.arange(n.size), mc, self._n.astype(int), self._nan.astype(int),
-                          dict(self.settings))
-
-
-def anisotropy(
-    data: Any, mask: Any = None, *, exclude_first: bool = True, mode: str | None = None
-) -> Anisotropy:
-    """Per-layer mean cosine between all distinct pairs of included token vectors (Ethayarajh's
-    anisotropy, computed over every pair instead of a random sample).
-
-    >>> import numpy as np
-    >>> round(float(anisotropy(np.ones((1, 1, 3, 2)), exclude_first=False).mean_cosine[0]), 9)
-    1.0
-    """
-    acc = AnisotropyAccumulator(exclude_first=exclude_first)
-    acc.update(data, mask)
-    res = acc.compute()
-    st = as_states(data, mask, mode=mode)
-    res.settings.update({"mode": st.mode, "meta": st.meta})
-    return res
 
 
 @dataclass(frozen=True, eq=False, repr=False)

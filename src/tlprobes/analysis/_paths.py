@@ -389,7 +389,7 @@ class PathAccumulator(LayerMoments):
         self.settings = {"exclude_first": exclude_first}
         self._tok = LayerMoments("token")
 
-    def update(self, data: Any, mask: Any = None, *, group: str = "all") -> None:
+    def update(self, data: Any, mask: Any = None, *, group: str = "all") -> None:  # type: ignore[override]
         """Fold one batch in."""
         if hasattr(data, "step") and not hasattr(data, "shape"):
             st = as_states(data, mask, attr="step", vector=False)
@@ -403,13 +403,24 @@ class PathAccumulator(LayerMoments):
         inc = st.mask & ~first_token_mask(st) if self.settings["exclude_first"] else st.mask
         warn_nan(int((np.isnan(steps) & inc[None]).sum()), "step lengths")
         note_mode(self.settings, st.mode)
-        self.add(steps, inc[None], group)
-        self._tok.add(np.stack([total, straight]), inc[None], group)
+        self._fold(steps, inc[None], group)
+        self._tok.update(np.stack([total, straight]), inc[None], group)
 
     def merge(self, other: PathAccumulator) -> PathAccumulator:  # type: ignore[override]
         super().merge(other)
         self._tok.merge(other._tok)
         return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """The per-step moments plus the per-token ones (``"token"``: total and straightness)."""
+        return {**super().state_dict(), "token": self._tok.state_dict()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> PathAccumulator:
+        """The accumulator :meth:`state_dict` describes (an exact copy)."""
+        obj = super().from_state_dict(state)
+        obj._tok = LayerMoments.from_state_dict(state["token"])  # type: ignore[attr-defined]
+        return obj  # type: ignore[return-value]
 
     def compute(self) -> PathSummary:  # type: ignore[override]
         steps = super().compute()

@@ -2,9 +2,18 @@
 
     >>> import numpy as np
     >>> acc = LayerMoments("step")
-    >>> acc.add(np.array([[1.0, 3.0], [2.0, np.nan]]), np.ones((2, 2), bool))
+    >>> acc.update(np.array([[1.0, 3.0], [2.0, np.nan]]), np.ones((2, 2), bool))
     >>> acc.compute().summary["all"].mean.tolist()
     [2.0, 2.0]
+
+Every accumulator here follows one protocol: ``update(batch...)`` folds a batch in place,
+``merge(other)`` adds another accumulator's state (associative: counts exact, float sums equal
+within rounding), ``compute()`` summarises, and ``state_dict()`` / ``from_state_dict(state)``
+round-trip the state exactly (save it with :func:`tlprobes._state.save_state`)::
+
+    >>> back = LayerMoments.from_state_dict(acc.state_dict())
+    >>> back.compute().summary["all"].n.tolist()
+    [2, 1]
 """
 
 from __future__ import annotations
@@ -14,12 +23,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .._errors import InputError
+from .._state import check_kind
 from ._stats import LayerSummary, summary_from_moments
 from ._tables import FrameMixin, long_frame
 
-__all__ = ["LayerMoments", "StreamedSummary", "check_mergeable", "note_mode"]
+__all__ = ["LayerMoments", "StreamedSummary", "check_mergeable", "note_mode", "to_tensor",
+           "to_array"]
 
 
 def note_mode(settings: dict[str, Any], mode: str) -> None:
@@ -43,6 +55,16 @@ def check_mergeable(a: Any, b: Any) -> None:
         )
     if "mode" in sb:
         sa.setdefault("mode", sb["mode"])
+
+
+def to_tensor(a: np.ndarray | None) -> torch.Tensor | None:
+    """A numpy array as a tensor of the same dtype (a copy; None stays None)."""
+    return None if a is None else torch.from_numpy(np.array(a, copy=True))
+
+
+def to_array(t: torch.Tensor | None) -> np.ndarray | None:
+    """The inverse of :func:`to_tensor`."""
+    return None if t is None else t.detach().cpu().numpy().copy()
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -72,8 +94,11 @@ class LayerMoments:
         self._m: dict[str, np.ndarray] = {}  # group -> [4, layer] (n, sum, sumsq, n_nan)
         self.settings: dict[str, Any] = {}
 
-    def add(self, values: np.ndarray, valid: np.ndarray, group: str = "all") -> None:
+    def update(self, values: np.ndarray, valid: np.ndarray, group: str = "all") -> None:
         """Fold ``values [layer, ...]`` where ``valid [...]`` into the group's moments."""
+        self._fold(values, valid, group)
+
+    def _fold(self, values: np.ndarray, valid: np.ndarray, group: str) -> None:
         v = np.asarray(values, float).reshape(values.shape[0], -1)
         ok = np.broadcast_to(np.asarray(valid, bool), values.shape).reshape(v.shape)
         fin = np.isfinite(v)
@@ -105,3 +130,29 @@ class LayerMoments:
         L = next(iter(self._m.values())).shape[1]
         layers = np.arange(self.first_layer, self.first_layer + L)
         return StreamedSummary(self.statistic, layers, summ, dict(self.settings))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The moments (float64 ``[4, layer]`` per group: n, sum, sum of squares, n non-finite)
+        and the settings; :meth:`from_state_dict` rebuilds an equal accumulator."""
+        return {
+            "kind": type(self).__name__,
+            "statistic": self.statistic,
+            "first_layer": self.first_layer,
+            "settings": dict(self.settings),
+            "moments": {g: to_tensor(m) for g, m in self._m.items()},
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> LayerMoments:
+        """The accumulator :meth:`state_dict` describes (an exact copy)."""
+        check_kind(state, cls)
+        obj = cls.__new__(cls)
+        LayerMoments._restore(obj, state)
+        return obj
+
+    @staticmethod
+    def _restore(obj: LayerMoments, state: dict[str, Any]) -> None:
+        obj.statistic = state["statistic"]
+        obj.first_layer = int(state["first_layer"])
+        obj.settings = dict(state["settings"])
+        obj._m = {g: to_array(m) for g, m in state["moments"].items()}

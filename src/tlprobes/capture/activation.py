@@ -25,20 +25,29 @@ from torch import Tensor
 from .._adapter import LAYER_SITES, SITES, Adapter, Meta
 from .._errors import SiteError, choices
 from .._result import Inputs
+from .._state import stateful
 from ._base import BatchContext, Probe, cat_pieces
 from ._capture import Captured
+from ._merge import POSITIONS, Layout, Mergeable
 from ._positions import PositionSpec, check_spec
 
 __all__ = ["Activation", "ActivationCapture"]
 
 
+_LAYOUT: Layout = {"values": (1, (2,), 0.0), **POSITIONS}
+
+
+@stateful
 @dataclass(frozen=True, repr=False)
-class ActivationCapture(Captured):
+class ActivationCapture(Mergeable, Captured):
     """``values[i]`` is the activation at ``layers[i]`` (one row for a global hook)."""
 
     values: Float[Tensor, "layer batch k *rest"]
     site: str
     layers: tuple[int, ...]
+
+    _LAYOUT = _LAYOUT
+    _SAME = ("site", "layers")
 
     def _token_metrics(self) -> dict[str, Tensor]:
         """Per token: the norm of the activation at each captured layer (the view's menu)."""
@@ -103,10 +112,7 @@ class Activation(Probe):
                 "mask": valid, "layers": layers}
 
     def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
-        return cat_pieces(
-            pieces,
-            {"values": (1, (2,), 0.0), "positions": (0, (1,), -1), "mask": (0, (1,), False)},
-        )
+        return cat_pieces(pieces, _LAYOUT)
 
     def finalize(self, piece: dict[Any, Any], inputs: Inputs, meta: Meta) -> ActivationCapture:
         return ActivationCapture(

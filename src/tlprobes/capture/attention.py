@@ -34,12 +34,20 @@ from torch import Tensor
 from .._adapter import Adapter, Meta
 from .._errors import HeadError, InputError, LayerError, TLProbesError, choices
 from .._result import Displayable, Inputs, pad_cat
+from .._state import check_kind, stateful
 from ._base import BatchContext, Probe
+from ._merge import (
+    cat_field,
+    check_meta,
+    meta_from_state,
+    meta_state,
+)
 from ._positions import PositionSpec, check_spec
 
 __all__ = ["Attention", "AttentionCapture"]
 
 
+@stateful
 @dataclass(frozen=True, eq=False)
 class AttentionCapture(Displayable):
     """``layer_patterns[i]`` (and ``pattern[i]``) is layer ``layers[i]``; its head axis holds ``heads``.
@@ -96,6 +104,57 @@ class AttentionCapture(Displayable):
             out["positions"] = self.positions
             out["positions_mask"] = self.positions_mask  # type: ignore[assignment]
         return out
+
+    # -------------------------------------------------------------- merging and saving
+    def merge(self, other: AttentionCapture) -> AttentionCapture:
+        """This capture's prompts, then ``other``'s, padded as a session pads its batches (pattern
+        rows and columns with 0, empty slots with -1); a new capture."""
+        if not isinstance(other, AttentionCapture):
+            raise InputError(f"cannot merge {type(other).__name__} into AttentionCapture; valid: "
+                             "another AttentionCapture")
+        return self._merge(other, self.inputs.merge(other.inputs))
+
+    def _merge(self, other: AttentionCapture, inputs: Inputs) -> AttentionCapture:
+        what = "AttentionCapture"
+        check_meta(self.meta, other.meta, what)
+        for name in ("layers", "heads"):
+            if getattr(self, name) != getattr(other, name):
+                raise InputError(f"cannot merge {what}: {name} {getattr(other, name)!r} differs "
+                                 f"from {getattr(self, name)!r}")
+        if (self.positions is None) != (other.positions is None):
+            raise InputError(f"cannot merge {what}: one piece kept every query row, the other "
+                             "selected positions")
+        pats = tuple(
+            cat_field(f"layer_patterns[{i}]", a, b, (0, (2, 3), 0.0), what)
+            for i, (a, b) in enumerate(zip(self.layer_patterns, other.layer_patterns))
+        )
+        pos = cat_field("positions", self.positions, other.positions, (0, (1,), -1), what)
+        pmask = cat_field("positions_mask", self.positions_mask, other.positions_mask,
+                          (0, (1,), False), what)
+        return AttentionCapture(pats, self.layers, self.heads, inputs, self.meta, pos, pmask)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The per-layer patterns (not stacked: no copy), layers, heads, positions, inputs and
+        model facts; see :func:`tlprobes._state.save_state`."""
+        return {"kind": type(self).__name__, "fields": self._fields_state(),
+                "inputs": self.inputs.state_dict(), "meta": meta_state(self.meta)}
+
+    def _fields_state(self) -> dict[str, Any]:
+        return {"layer_patterns": list(self.layer_patterns), "layers": tuple(self.layers),
+                "heads": tuple(self.heads), "positions": self.positions,
+                "positions_mask": self.positions_mask}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> AttentionCapture:
+        """The capture :meth:`state_dict` describes (an exact copy)."""
+        check_kind(state, cls)
+        return cls._from_fields(state["fields"], Inputs.from_state_dict(state["inputs"]),
+                                meta_from_state(state["meta"]))
+
+    @classmethod
+    def _from_fields(cls, f: dict[str, Any], inputs: Inputs, meta: Meta | None) -> AttentionCapture:
+        return cls(tuple(f["layer_patterns"]), tuple(f["layers"]), tuple(f["heads"]), inputs,
+                   meta, f["positions"], f["positions_mask"])  # type: ignore[arg-type]
 
     def _build_page(self, prompt: int = 0, layer: int | None = None) -> Any:
         """Head summaries of one prompt, then prompt / layer / head selectors (first 16 prompts)."""

@@ -18,22 +18,29 @@ from torch import Tensor
 from .._adapter import Adapter, Meta
 from .._errors import SiteError, choices
 from .._result import Inputs
+from .._state import stateful
 from ._base import BatchContext, Probe, cat_pieces
 from ._capture import Captured
+from ._merge import POSITIONS, Layout, Mergeable
 from ._positions import PositionSpec, check_spec
 
 __all__ = ["Components", "ComponentsCapture"]
 
 _PARTS = ("attn_out", "mlp_out")
+_LAYOUT: Layout = {"attn_out": (1, (2,), 0.0), "mlp_out": (1, (2,), 0.0), **POSITIONS}
 
 
+@stateful
 @dataclass(frozen=True, repr=False)
-class ComponentsCapture(Captured):
+class ComponentsCapture(Mergeable, Captured):
     """``attn_out[i]`` / ``mlp_out[i]`` belong to block ``layers[i]`` (None when not asked for)."""
 
     attn_out: Float[Tensor, "layer batch k d_model"] | None
     mlp_out: Float[Tensor, "layer batch k d_model"] | None
     layers: tuple[int, ...]
+
+    _LAYOUT = _LAYOUT
+    _SAME = ("layers",)
 
     def _token_metrics(self) -> dict[str, Tensor]:
         """Per token: the norm of what each block's attention and MLP write (the view's menu)."""
@@ -89,15 +96,7 @@ class Components(Probe):
         return out
 
     def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
-        return cat_pieces(
-            pieces,
-            {
-                "attn_out": (1, (2,), 0.0),
-                "mlp_out": (1, (2,), 0.0),
-                "positions": (0, (1,), -1),
-                "mask": (0, (1,), False),
-            },
-        )
+        return cat_pieces(pieces, _LAYOUT)
 
     def finalize(self, piece: dict[Any, Any], inputs: Inputs, meta: Meta) -> ComponentsCapture:
         return ComponentsCapture(

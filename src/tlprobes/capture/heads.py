@@ -41,7 +41,13 @@ from torch import Tensor
 from .._adapter import Adapter, Meta
 from .._errors import InputError, ModelError, ResultsError, choices
 from .._result import Displayable, Inputs, pad_cat
+from .._state import stateful
 from ._base import BatchContext, Probe
+from ._merge import (
+    check_meta,
+    meta_from_state,
+    meta_state,
+)
 from ._positions import PositionSpec, Target, check_spec  # noqa: F401 - docstring example
 
 __all__ = ["HeadSteps", "HeadStepsCapture", "FIELDS", "GROUPS"]
@@ -58,6 +64,7 @@ def _spec_str(spec: Any) -> str:
     return repr(spec)
 
 
+@stateful
 @dataclass(frozen=True, repr=False)
 class HeadStepsCapture(Displayable):
     """Streamed per-head attribution: moments over prompts per group, field, layer and part.
@@ -116,7 +123,8 @@ class HeadStepsCapture(Displayable):
 
     # -------------------------------------------------------------- merging and saving
     def merge(self, other: HeadStepsCapture) -> HeadStepsCapture:
-        """The capture of both shards (moments add; kept tokens concatenate along the batch)."""
+        """The capture of both shards (moments add; kept tokens and the inputs concatenate along
+        the prompt axis)."""
         if not isinstance(other, HeadStepsCapture):
             raise InputError(f"cannot merge {type(other).__name__} into HeadStepsCapture")
         if other.parts != self.parts or other.settings != self.settings:
@@ -128,6 +136,7 @@ class HeadStepsCapture(Displayable):
             raise InputError(
                 f"cannot merge a {other.meta.mode!r} capture into a {self.meta.mode!r} one"
             )
+        check_meta(self.meta, other.meta, "HeadStepsCapture")
         moments = {
             g: {k: self.moments[g][k] + other.moments[g][k] for k in _MOMENTS} for g in self.moments
         }
@@ -136,38 +145,51 @@ class HeadStepsCapture(Displayable):
             tokens = {k: _cat_tokens(k, [self.tokens[k], other.tokens[k]]) for k in self.tokens}
             positions = pad_cat([self.positions, other.positions], dim=0, pad_dims=(1,), value=-1)
             mask = pad_cat([self.mask, other.mask], dim=0, pad_dims=(1,), value=False)
+        inputs = None
+        if self.inputs is not None and other.inputs is not None:
+            inputs = self.inputs.merge(other.inputs)
         return HeadStepsCapture(
-            moments, self.parts, dict(self.settings), self.meta, tokens, positions, mask
+            moments, self.parts, dict(self.settings), self.meta, tokens, positions, mask, inputs
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """Tensors plus one JSON string (``"info"``): all :meth:`from_state_dict` needs.
-
-        Save the tensors with safetensors and ``info`` as its metadata."""
-        out: dict[str, Any] = {}
-        for g, m in self.moments.items():
-            for k, v in m.items():
-                out[f"moments.{g}.{k}"] = v
-        if self.tokens is not None:
-            for k, v in self.tokens.items():
-                out[f"tokens.{k}"] = v
-            out["positions"] = self.positions
-            out["mask"] = self.mask
-        info = {
-            "parts": list(self.parts),
-            "settings": self.settings,
-            "meta": self.meta.to_dict() if self.meta is not None else None,
-            "groups": list(self.moments),
+        """The moments, kept tokens, settings, model facts and inputs: tensors and JSON-able
+        values only; save it with :func:`tlprobes._state.save_state`."""
+        return {
+            "kind": type(self).__name__,
+            "moments": {g: dict(m) for g, m in self.moments.items()},
+            "parts": tuple(self.parts),
+            "settings": dict(self.settings),
+            "meta": meta_state(self.meta),
+            "tokens": None if self.tokens is None else dict(self.tokens),
+            "positions": self.positions,
+            "mask": self.mask,
+            "inputs": None if self.inputs is None else self.inputs.state_dict(),
         }
-        out["info"] = json.dumps(info, sort_keys=True)
-        return out
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> HeadStepsCapture:
-        if "info" not in state:
+        """The capture :meth:`state_dict` describes (an exact copy). Also reads the flat layout
+        of tlprobes 0.x (tensors keyed ``moments.<group>.<k>`` plus a JSON ``"info"``)."""
+        if "info" in state and "kind" not in state:
+            return cls._from_flat(state)
+        if not isinstance(state, dict) or state.get("kind") != cls.__name__:
             raise ResultsError(
-                f"not a HeadSteps state dict: no 'info' entry among {choices(sorted(state))}"
+                f"not a HeadSteps state dict: its 'kind' is "
+                f"{state.get('kind') if isinstance(state, dict) else None!r} and it has no 'info' "
+                f"entry among {choices(sorted(state)) if isinstance(state, dict) else state!r}"
             )
+        inputs = state.get("inputs")
+        return cls(
+            {g: dict(m) for g, m in state["moments"].items()}, tuple(state["parts"]),
+            dict(state["settings"]), meta_from_state(state["meta"]),
+            None if state["tokens"] is None else dict(state["tokens"]),
+            state["positions"], state["mask"],
+            None if inputs is None else Inputs.from_state_dict(inputs),
+        )
+
+    @classmethod
+    def _from_flat(cls, state: dict[str, Any]) -> HeadStepsCapture:
         info = json.loads(state["info"])
         moments = {g: {k: state[f"moments.{g}.{k}"] for k in _MOMENTS} for g in info["groups"]}
         tok_keys = [k[len("tokens."):] for k in state if k.startswith("tokens.")]
@@ -179,7 +201,17 @@ class HeadStepsCapture(Displayable):
         )
 
     def tensors(self) -> dict[str, Tensor]:
-        return {k: v for k, v in self.state_dict().items() if isinstance(v, Tensor)}
+        """Every tensor by a flat dotted name (``moments.target.sum``, ``tokens.angle``, ...)."""
+        out: dict[str, Tensor] = {}
+        for g, m in self.moments.items():
+            for k, v in m.items():
+                out[f"moments.{g}.{k}"] = v
+        if self.tokens is not None:
+            for k, v in self.tokens.items():
+                out[f"tokens.{k}"] = v
+            if self.positions is not None and self.mask is not None:
+                out["positions"], out["mask"] = self.positions, self.mask
+        return out
 
     def _build_page(self) -> Any:
         """Default view: layer x part heatmaps of the mean angle share and DLA over prompts."""

@@ -25,15 +25,32 @@ from torch import Tensor
 from .._adapter import Adapter, Meta
 from .._errors import TLProbesError
 from .._result import Inputs
+from .._state import stateful
 from ._base import BatchContext, Probe, cat_pieces
 from ._capture import Captured
+from ._merge import POSITIONS, Layout, Mergeable
 from ._positions import PositionSpec, check_spec
 
 __all__ = ["LogitLens", "LogitLensCapture"]
 
 
+_PER_STATE = (1, (2,), 0.0)
+_LAYOUT: Layout = {
+    "top_ids": (1, (2,), 0),
+    "top_logprobs": _PER_STATE,
+    "target_ids": (0, (1,), -1),
+    "target_logprob": (1, (2,), float("nan")),
+    "target_rank": (1, (2,), -1),
+    "entropy": _PER_STATE,
+    "kl_to_final": _PER_STATE,
+    "logprobs": _PER_STATE,
+    **POSITIONS,
+}
+
+
+@stateful
 @dataclass(frozen=True, repr=False)
-class LogitLensCapture(Captured):
+class LogitLensCapture(Mergeable, Captured):
     """Per state (axis 0: x_0..x_L), per prompt and selected slot.
 
     ``target_ids`` is the token each slot is scored against (the next token by default; ``-1`` where
@@ -49,6 +66,12 @@ class LogitLensCapture(Captured):
     kl_to_final: Float[Tensor, "state batch k"]
     logprobs: Float[Tensor, "state batch k vocab"] | None
     apply_ln: bool
+
+    _LAYOUT = _LAYOUT
+    _SAME = ("apply_ln",)
+
+    def _extra_ids(self) -> Tensor:
+        return self.top_ids  # their strings are saved too: top_strings works after loading
 
     def _build_page(self) -> Any:
         from ..render import Page, logit_lens_table
@@ -200,22 +223,7 @@ class LogitLens(Probe):
         }
 
     def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
-        per_state = (1, (2,), 0.0)
-        return cat_pieces(
-            pieces,
-            {
-                "top_ids": (1, (2,), 0),
-                "top_logprobs": per_state,
-                "target_ids": (0, (1,), -1),
-                "target_logprob": (1, (2,), float("nan")),
-                "target_rank": (1, (2,), -1),
-                "entropy": per_state,
-                "kl_to_final": per_state,
-                "logprobs": per_state,
-                "positions": (0, (1,), -1),
-                "mask": (0, (1,), False),
-            },
-        )
+        return cat_pieces(pieces, _LAYOUT)
 
     def finalize(self, piece: dict[Any, Any], inputs: Inputs, meta: Meta) -> LogitLensCapture:
         return LogitLensCapture(

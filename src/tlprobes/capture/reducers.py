@@ -21,18 +21,23 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .._adapter import Adapter, Meta
+from .._errors import InputError
 from .._result import Inputs
+from .._state import check_kind, stateful
 from ._base import BatchContext, Probe, cat_pieces
 from ._capture import Captured
+from ._merge import POSITIONS, Layout, Mergeable, check_meta, meta_from_state, meta_state
 from ._positions import PositionSpec, check_spec
 
 __all__ = ["Steps", "StepsCapture", "ResidualMean", "ResidualMeanCapture"]
 
 _FIELDS = ("angle", "step", "norm", "attn_proj", "mlp_proj", "attn_norm", "mlp_norm", "attn_mlp_cos")
+_LAYOUT: Layout = {**{k: (1, (2,), float("nan")) for k in _FIELDS}, **POSITIONS}
 
 
+@stateful
 @dataclass(frozen=True, repr=False)
-class StepsCapture(Captured):
+class StepsCapture(Mergeable, Captured):
     """Per block l (axis 0, l = 0..L-1: the step x_l -> x_{l+1}) and selected token.
 
     ``attn_proj + mlp_proj == step`` exactly (projection of each part onto the step direction);
@@ -47,6 +52,8 @@ class StepsCapture(Captured):
     attn_norm: Float[Tensor, "layer batch k"] | None
     mlp_norm: Float[Tensor, "layer batch k"] | None
     attn_mlp_cos: Float[Tensor, "layer batch k"] | None
+
+    _LAYOUT = _LAYOUT
 
     def _token_metrics(self) -> dict[str, Tensor]:
         out = {"path length": self.step.nansum(0), "mean angle (deg)": self.angle.nanmean(0)}
@@ -144,19 +151,13 @@ class Steps(Probe):
         return out
 
     def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
-        nan = float("nan")
-        layout: dict[str, tuple[int, tuple[int, ...], Any]] = {
-            k: (1, (2,), nan)
-            for k in ("angle", "step", "norm", "attn_proj", "mlp_proj", "attn_norm", "mlp_norm", "attn_mlp_cos")
-        }
-        layout["positions"] = (0, (1,), -1)
-        layout["mask"] = (0, (1,), False)
-        return cat_pieces(pieces, layout)
+        return cat_pieces(pieces, _LAYOUT)
 
     def finalize(self, piece: dict[Any, Any], inputs: Inputs, meta: Meta) -> StepsCapture:
         return StepsCapture(inputs=inputs, meta=meta, **piece)
 
 
+@stateful
 @dataclass(frozen=True, repr=False)
 class ResidualMeanCapture:
     """Mean residual state per layer over every valid selected token, from running sums."""
@@ -176,6 +177,29 @@ class ResidualMeanCapture:
 
     def tensors(self) -> dict[str, Tensor]:
         return {"sum": self.sum, "sum_sq_norm": self.sum_sq_norm, "count": self.count}
+
+    def merge(self, other: ResidualMeanCapture) -> ResidualMeanCapture:
+        """The sums of both pieces (counts add exactly)."""
+        if not isinstance(other, ResidualMeanCapture):
+            raise InputError(f"cannot merge {type(other).__name__} into ResidualMeanCapture; "
+                             "valid: another ResidualMeanCapture")
+        check_meta(self.meta, other.meta, "ResidualMeanCapture")
+        if other.sum.shape != self.sum.shape:
+            raise InputError(f"cannot merge ResidualMeanCapture: sum has shape "
+                             f"{tuple(other.sum.shape)} but {tuple(self.sum.shape)} here")
+        return ResidualMeanCapture(self.sum + other.sum, self.sum_sq_norm + other.sum_sq_norm,
+                                   self.count + other.count, self.meta)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running sums and the model facts (see :func:`tlprobes._state.save_state`)."""
+        return {"kind": type(self).__name__, **self.tensors(), "meta": meta_state(self.meta)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> ResidualMeanCapture:
+        """The capture :meth:`state_dict` describes (an exact copy)."""
+        check_kind(state, cls)
+        return cls(state["sum"], state["sum_sq_norm"], state["count"],
+                   meta_from_state(state["meta"]))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

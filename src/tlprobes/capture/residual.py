@@ -25,17 +25,27 @@ from torch import Tensor
 from .._adapter import Adapter, Meta
 from .._errors import TLProbesError, choices
 from .._result import Inputs
+from .._state import stateful
 from ._base import BatchContext, Probe, cat_pieces
 from ._capture import Captured
+from ._merge import POSITIONS, Layout, Mergeable
 from ._positions import PositionSpec, check_spec
 
 __all__ = ["Residual", "ResidualCapture"]
 
 _FINAL = ("raw", "ln_f")
+#: How pieces concatenate (batches in a session, captures in ``merge``).
+_LAYOUT: Layout = {
+    "resid": (1, (2,), 0.0),
+    "resid_mid": (1, (2,), 0.0),
+    **POSITIONS,
+    "row_width": (0, (), 0),
+}
 
 
+@stateful
 @dataclass(frozen=True, repr=False)
-class ResidualCapture(Captured):
+class ResidualCapture(Mergeable, Captured):
     """``resid[l]`` is x_l (l = 0..L); ``resid_mid[l]`` is block l's ``resid_mid`` (when asked).
 
     ``row_width[b]``: the padded width of the forward pass prompt ``b`` ran in (slots past it were
@@ -51,6 +61,16 @@ class ResidualCapture(Captured):
     row_width: Tensor | None = None
     protocol: dict[str, Any] = field(default_factory=dict)
     final_norm: Callable[[Tensor], Tensor] | None = field(default=None, repr=False, compare=False)
+
+    _LAYOUT = _LAYOUT
+    _SAME = ("final_state",)
+    _UNSAVED = ("final_norm",)  # the model's own module: kept from the first piece, not saved
+
+    def _merged_extra(self, other: Any, kw: dict[str, Any]) -> dict[str, Any]:
+        n_bos = _bos_count(self.protocol) + _bos_count(other.protocol)
+        has_bos = torch.arange(kw["mask"].shape[0]) < n_bos  # only the count is read
+        kw["protocol"] = protocol_of(kw["inputs"], kw["row_width"], has_bos, self.final_state)
+        return kw
 
     @property
     def n_layers(self) -> int:
@@ -123,17 +143,7 @@ class Residual(Probe):
         }
 
     def merge(self, pieces: list[dict[Any, Any]]) -> dict[Any, Any]:
-        return cat_pieces(
-            pieces,
-            {
-                "resid": (1, (2,), 0.0),
-                "resid_mid": (1, (2,), 0.0),
-                "positions": (0, (1,), -1),
-                "mask": (0, (1,), False),
-                "row_width": (0, (), 0),
-                "has_bos": (0, (), False),
-            },
-        )
+        return cat_pieces(pieces, {**_LAYOUT, "has_bos": (0, (), False)})
 
     def finalize(self, piece: dict[Any, Any], inputs: Inputs, meta: Meta) -> ResidualCapture:
         return ResidualCapture(
@@ -158,6 +168,16 @@ def _starts_with_bos(ctx: BatchContext) -> Tensor:
         return torch.zeros(ctx.tokens.shape[0], dtype=torch.bool)
     first = ctx.mask.long().argmax(1)
     return ctx.tokens.gather(1, first[:, None])[:, 0] == int(bos)
+
+
+def _bos_count(protocol: dict[str, Any]) -> int:
+    """How many prompts started with BOS, read back from a protocol's ``"bos"`` entry."""
+    bos, n = protocol.get("bos", "no"), int(protocol.get("n_prompts", 0))
+    if bos == "yes":
+        return n
+    if bos == "no":
+        return 0
+    return int(str(bos).split(" of ")[0])
 
 
 def protocol_of(

@@ -121,13 +121,20 @@ def run_suite(
     save_arrays: bool = False,
     quiet: bool = False,
     overwrite: bool = False,
-) -> Path:
+    engine: Any = None,
+    shard_size: int | None = None,
+    resume: bool = False,
+    engine_options: dict[str, Any] | None = None,
+) -> Path | None:
     """Run ``suite`` and write its run directory; returns the path of ``report.html``.
 
     ``model`` (and ``second_model``) may be names or local directories (loaded with
     :func:`tlprobes.load_model`) or TL models already in memory; by default the suite's.
     ``out`` defaults to ``runs/<suite name>`` (the name made safe for a folder). An existing,
     non-empty ``out`` is refused unless ``overwrite=True``, which replaces the whole old run.
+    ``engine``, ``shard_size``, ``resume``: shard every ``tp.run`` of the study, committing under
+    ``<out>.shards/`` (see :mod:`tlprobes._shards`); under torchrun only rank 0 writes ``out`` and
+    the other ranks return ``None``.
     """
     t0 = time.perf_counter()
     if not isinstance(suite, Suite):
@@ -141,6 +148,15 @@ def run_suite(
     second = second_model if second_model is not None else (suite.model["second"] or None)
     check_model_spec(model)
     check_model_spec(second, "second model")
+    from .._shards.context import sharding as shard_context
+    from .._shards.suite import local_device, open_sharding
+
+    sharding = open_sharding(out_dir, suite=suite, engine=engine, shard_size=shard_size,
+                             resume=resume, engine_options=engine_options, model=model,
+                             second=second, batch_size=batch_size, device=device,
+                             save_arrays=save_arrays)
+    device = local_device(device, sharding)
+    quiet = quiet or (sharding is not None and not sharding.is_main)
 
     def say(msg: str) -> None:
         if not quiet:
@@ -179,7 +195,8 @@ def run_suite(
     )
     say(f"tlprobes: capturing and analysing {len(suite.prompts)} prompts ...")
     t_compute = time.perf_counter()
-    output = study.compute(ctx)
+    with shard_context(sharding):
+        output = study.compute(ctx)
     t_compute = time.perf_counter() - t_compute
     say(f"tlprobes: computed ({t_compute:.1f} s)")
     from .._adapter import adapter_for
@@ -198,6 +215,10 @@ def run_suite(
         "batch_size": ctx.batch_size,
         "timings_s": {"load_model": round(t_load, 3), "compute": round(t_compute, 3)},
     }
+    if sharding is not None:
+        manifest["shards"] = sharding.manifest()
+        if not sharding.is_main:
+            return None  # rank 0 writes the run directory
     say("tlprobes: rendering the report ...")
     t_render = time.perf_counter()
     with run_directory(out_dir, overwrite=overwrite) as tmp:

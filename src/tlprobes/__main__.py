@@ -1,0 +1,7 @@
+"""``python -m tlprobes``: the ``tlprobes`` command (also under ``torchrun ... -m tlprobes run``)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
