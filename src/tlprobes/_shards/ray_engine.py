@@ -25,8 +25,8 @@ starts a local instance (``ray.init(address=..., include_dashboard=False)``); te
 with explicit ``num_cpus``.
 
 Fault injection (tests): ``TLPROBES_FAULT_RAY_KILL_SHARD=i`` makes the actor that first starts shard
-``i`` exit with status 1 before computing it (once per call folder: a marker file in it records that
-the fault fired), exactly as a killed worker would.
+``i`` record the start and exit with status 1 before committing it (once per call folder: a marker
+file in it records that the fault fired), exactly as a killed worker would.
 """
 
 from __future__ import annotations
@@ -116,7 +116,10 @@ class _Replica:
                 pass
             else:
                 os.close(fd)
-                os._exit(1)  # a crash mid-shard: no commit, no cleanup
+                from .commit import start_attempt
+
+                start_attempt(Path(self.job.out), self.job.plan.shards[index])  # the shard started
+                os._exit(1)  # ... and its worker crashed: no commit, no cleanup
         self.job.run_shard(index, model=model)
         return index
 
