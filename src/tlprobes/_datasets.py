@@ -457,7 +457,7 @@ def _columns_of(path: Path, fmt: str) -> tuple[tuple[str, ...], tuple[str, ...]]
 
 
 def read_prompts(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike,
     *,
     column: str | None = None,
     limit: int | None = None,
