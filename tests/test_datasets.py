@@ -101,14 +101,50 @@ def test_limit(files, fmt):
                              limit=10_000)) == PROMPTS
 
 
-def test_len_where_cheap(files):
-    assert len(read_prompts(files["parquet"], column="text")) == len(PROMPTS)
-    assert len(read_prompts(files["parquet"], column="text", limit=7)) == 7
-    if "hf" in files:
-        assert len(read_prompts(files["hf"], column="text")) == len(PROMPTS)
-    with pytest.raises(TypeError, match="count"):
-        len(read_prompts(files["text"]))
-    assert list(read_prompts(files["jsonl"], column="text")) == PROMPTS  # list() copes with the unsized stream
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_len_and_slices(files, fmt):
+    if fmt not in files:
+        pytest.skip("datasets is not installed")
+    stream = read_prompts(files[fmt], column=_col(fmt))
+    assert len(stream) == len(PROMPTS)
+    assert len(read_prompts(files[fmt], column=_col(fmt), limit=7)) == 7
+    assert stream[5:9] == PROMPTS[5:9] and stream[250:300] == PROMPTS[250:300]
+    assert stream[-3:] == PROMPTS[-3:] and stream[:2] == PROMPTS[:2]
+    assert stream[0] == PROMPTS[0] and stream[-1] == PROMPTS[-1] and stream[100] == PROMPTS[100]
+    with pytest.raises(IndexError, match="out of range for 257 prompts"):
+        stream[257]
+    with pytest.raises(InputError, match="step 1"):
+        stream[::2]
+    assert list(read_prompts(files[fmt], column=_col(fmt))) == PROMPTS  # list() of a fresh stream
+
+
+def test_a_stream_pickles_as_its_path(files):
+    import pickle
+
+    stream = read_prompts(files["parquet"], column="text", limit=9)
+    len(stream)
+    copy = pickle.loads(pickle.dumps(stream))
+    assert copy == stream and list(copy) == PROMPTS[:9] and len(pickle.dumps(stream)) < 1000
+
+
+def test_sharded_run_over_a_stream_equals_the_list(files, tmp_path):
+    """tp.run(..., shard_size=, out=) takes a stream: each shard reads its own range of the file."""
+    import tlprobes as tp
+
+    model = tp.load_model()
+    prompts = [f"Mary saw her dog number {i}." for i in range(10)]
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"text": prompts}), path, row_group_size=3)
+    want = tp.run(model, prompts, tp.ResidualMean(), tp.Residual(positions="last"), batch_size=2)
+    got = tp.run(model, read_prompts(path), tp.ResidualMean(), tp.Residual(positions="last"),
+                 batch_size=2, shard_size=4, out=tmp_path / "run")
+    assert got.inputs.prompts == prompts
+    import torch
+
+    assert torch.equal(want.residual.resid, got.residual.resid)
+    for key, value in want.residual_mean.state_dict().items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            torch.testing.assert_close(value, got.residual_mean.state_dict()[key], rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet", "arrow", "hf"])

@@ -96,11 +96,16 @@ def _starts(call: Path, name: str) -> int:
 def test_ray_run_equals_the_local_run(ray_local, model, local_run, tmp_path):
     from tlprobes._shards.ray_engine import RayEngine
 
+    from tlprobes._datasets import read_prompts
+
     want, _ = local_run
+    data = tmp_path / "prompts.jsonl"  # the actors read their shards' rows from the file
+    data.write_text("".join(json.dumps({"text": p}) + "\n" for p in PROMPTS))
     engine = RayEngine(replicas=2, model="default")
-    got = tp.run(model, PROMPTS, *_probes(), batch_size=BATCH, shard_size=SHARD,
+    got = tp.run(model, read_prompts(data), *_probes(), batch_size=BATCH, shard_size=SHARD,
                  out=tmp_path / "ray", engine=engine)
     _assert_same(want, got)
+    assert got.inputs.prompts == PROMPTS
     commits = _commits(tmp_path / "ray")
     assert sorted(commits) == ["shard-000000", "shard-000001", "shard-000002"]
     assert len({c["pid"] for c in commits.values()}) == 2  # both replicas ran shards

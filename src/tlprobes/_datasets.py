@@ -13,10 +13,11 @@
 
 :func:`read_prompts` returns a :class:`PromptStream`: an iterable that reads the file lazily each
 time it is iterated (a few rows or one Parquet batch at a time), so memory does not grow with the
-file. ``len()`` answers where the format knows its row count without reading it (Parquet, HF
-folders); :meth:`PromptStream.count` always answers, in one streaming pass where it must.
-:meth:`PromptStream.iter_range` reads one contiguous range of prompts (a shard), skipping Parquet
-row groups and HF rows it does not need. :meth:`PromptStream.rows` yields every column of each row
+file. ``len()`` / :meth:`PromptStream.count` read the row count from metadata where the format
+has it (Parquet, HF folders), else in one streaming pass. :meth:`PromptStream.iter_range` and
+slicing (``stream[64:128]``) read one contiguous range of prompts (a shard), skipping Parquet row
+groups and HF rows they do not need, so ``tp.run(model, stream, ..., shard_size=, out=)`` hands
+each worker (a torchrun rank, a Ray actor) only its own rows. :meth:`PromptStream.rows` yields every column of each row
 (per-prompt words, labels, targets), as a suite's TSV prompt file does today.
 
 Formats, chosen by suffix (or ``format=``):
@@ -123,6 +124,7 @@ class PromptStream:
     columns: tuple[str, ...]
     #: the columns holding text (the prompt column is one of them)
     text_columns: tuple[str, ...] = field(repr=False, default=())
+    _n: int | None = field(default=None, init=False, repr=False, compare=False)  # count, once known
 
     # -- reading -------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[str]:
@@ -154,21 +156,41 @@ class PromptStream:
         return reader(start, stop, only_prompt)
 
     def count(self) -> int:
-        """The number of prompts (after ``limit``): from metadata where the format has it, else in
-        one streaming pass."""
-        n = self._cheap_count()
-        if n is None:
-            n = sum(1 for _ in self)
-        return n if self.limit is None else min(n, self.limit)
+        """The number of prompts (after ``limit``): from metadata where the format has it (Parquet,
+        HF folders), else in one streaming pass (text, JSONL, CSV), done once per stream."""
+        if self._n is None:
+            n = self._cheap_count()
+            if n is None:
+                n = sum(1 for _ in self)
+            object.__setattr__(self, "_n", n if self.limit is None else min(n, self.limit))
+        return self._n  # type: ignore[return-value]
 
     def __len__(self) -> int:
-        n = self._cheap_count()
-        if n is None:
-            raise TypeError(
-                f"a {self.format} dataset does not know its length without reading it; "
-                "use .count() (one streaming pass)"
-            )
-        return n if self.limit is None else min(n, self.limit)
+        return self.count()
+
+    def __getitem__(self, key: int | slice) -> Any:
+        """One prompt, or a list of the prompts in a range (step 1), read from the file: a sharded
+        run slices its shard's prompts this way, so a worker reads only its own rows."""
+        if isinstance(key, slice):
+            if key.step not in (None, 1):
+                raise InputError(f"a prompt stream is sliced with step 1, got step {key.step!r}")
+            start, stop = key.start or 0, key.stop
+            if start < 0 or (stop is not None and stop < 0):
+                start, stop, _ = key.indices(len(self))
+            return list(self.iter_range(start, max(stop, start) if stop is not None else None))
+        if isinstance(key, bool) or not isinstance(key, int):
+            raise TypeError(f"prompt indices must be integers or slices, not {type(key).__name__}")
+        index = key + len(self) if key < 0 else key
+        for prompt in self.iter_range(index, index + 1) if index >= 0 else ():
+            return prompt
+        raise IndexError(f"prompt index {key} is out of range for {len(self)} prompts")
+
+    def __getstate__(self) -> dict[str, Any]:  # pickles as its path and options (to Ray actors)
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
 
     def digest(self) -> str:
         """SHA-256 of the prompts themselves (not the file): the same prompts give the same digest
