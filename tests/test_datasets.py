@@ -31,12 +31,12 @@ def _write_all(d: Path, prompts: list[str]) -> dict[str, Path]:
     paths["jsonl"] = d / "p.jsonl"
     paths["jsonl"].write_text(
         "".join(json.dumps({"text": p, "word": w, "n": i}) + "\n"
-                for i, (p, w) in enumerate(zip(prompts, words))), encoding="utf-8")
+                for i, (p, w) in enumerate(zip(prompts, words, strict=True))), encoding="utf-8")
     paths["csv"] = d / "p.csv"
     with paths["csv"].open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["text", "word"])
-        writer.writerows(zip(prompts, words))
+        writer.writerows(zip(prompts, words, strict=True))
     paths["parquet"] = d / "p.parquet"
     pq.write_table(pa.table({"n": list(range(len(prompts))), "text": prompts, "word": words}),
                    paths["parquet"], row_group_size=50)

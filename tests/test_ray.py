@@ -94,9 +94,8 @@ def _starts(call: Path, name: str) -> int:
 
 @pytest.mark.slow
 def test_ray_run_equals_the_local_run(ray_local, model, local_run, tmp_path):
-    from tlprobes._shards.ray_engine import RayEngine
-
     from tlprobes._datasets import read_prompts
+    from tlprobes._shards.ray_engine import RayEngine
 
     want, _ = local_run
     data = tmp_path / "prompts.jsonl"  # the actors read their shards' rows from the file

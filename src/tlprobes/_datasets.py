@@ -136,8 +136,7 @@ class PromptStream:
         Parquet skips row groups before ``start`` and an HF folder selects the range, so a worker
         reading one shard does not read the rows before it.
         """
-        for row in self._rows(start, stop, only_prompt=True):
-            yield row  # type: ignore[misc]
+        yield from self._rows(start, stop, only_prompt=True)
 
     def rows(self, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
         """Every column of each row (``{column: prompt}`` for a text file), streamed."""
@@ -280,7 +279,7 @@ class PromptStream:
                         f"{self.path}:{reader.line_num}: row {index} has {len(values)} fields, the "
                         f"header has {width} ({choices(self.columns)})"
                     )
-                row = dict(zip(self.columns, values))
+                row = dict(zip(self.columns, values, strict=True))
                 yield self._emit(row, index, only_prompt)
 
     def _read_parquet(self, start: int, stop: int | None, only_prompt: bool) -> Iterator[Any]:
