@@ -152,6 +152,25 @@ def test_cli_suite_with_engine_ray_equals_the_local_suite_run(ray_local, tmp_pat
     assert man["version"].startswith("tlprobes") and "ray 2." in man["version"]
 
 
+@pytest.mark.slow
+def test_more_replicas_than_the_cluster_holds_run_with_fewer(ray_local, model, local_run, tmp_path):
+    """4 replicas asked on a 2-CPU cluster: 2 start (the others could never be scheduled)."""
+    from tlprobes._shards.ray_engine import RayEngine
+
+    want, _ = local_run
+    engine = RayEngine(replicas=4, model="default")
+    with pytest.warns(UserWarning, match="holds 2 of the 4 replicas"):
+        got = tp.run(model, PROMPTS, *_probes(), batch_size=BATCH, shard_size=SHARD,
+                     out=tmp_path / "ray", engine=engine)
+    _assert_same(want, got)
+    assert len(engine.info()["replica_info"]) == 2
+    with pytest.raises(InputError, match=r"needs 1 CPU\(s\) and 64 GPU\(s\), but the Ray cluster "
+                                         r"has 2 CPU\(s\) and \d+ GPU\(s\)"):
+        tp.run(model, PROMPTS, *_probes(), batch_size=BATCH, shard_size=SHARD,
+               out=tmp_path / "gpu", engine=RayEngine(replicas=1, gpus_per_replica=64,
+                                                      model="default"))
+
+
 def test_ray_engine_options_are_checked(monkeypatch):
     pytest.importorskip("ray")
     from tlprobes._shards.ray_engine import RayEngine

@@ -229,7 +229,7 @@ class RayEngine:
         def start() -> Any:
             return actor_cls.remote(remote_job, model_ref, self.gpus_per_replica, self.cpus_per_replica)
 
-        slots = [start() for _ in range(min(self.replicas, len(todo)))]
+        slots = [start() for _ in range(min(self.replicas, len(todo), self._capacity()))]
         started: dict[int, int] = {}
         inflight: dict[Any, tuple[int, int]] = {}  # object ref -> (slot, shard)
         idle = deque(range(len(slots)))
@@ -267,6 +267,27 @@ class RayEngine:
         if left:
             raise TLProbesError(f"engine 'ray': shards {left} have no valid commit after every "
                                 "actor finished; rerun with --resume")
+
+    def _capacity(self) -> int:
+        """How many replicas the cluster can hold at once (more would wait forever for resources
+        the running ones keep until the end)."""
+        total = self.ray.cluster_resources()
+        fits = int(total.get("CPU", 0) // self.cpus_per_replica)
+        if self.gpus_per_replica:
+            fits = min(fits, int(total.get("GPU", 0) // self.gpus_per_replica))
+        if fits < 1:
+            raise InputError(
+                f"engine 'ray': one replica needs {self.cpus_per_replica} CPU(s) and "
+                f"{self.gpus_per_replica} GPU(s), but the Ray cluster has {total.get('CPU', 0):g} "
+                f"CPU(s) and {total.get('GPU', 0):g} GPU(s); lower --gpus-per-replica or "
+                "cpus_per_replica, or join a bigger cluster"
+            )
+        if fits < self.replicas:
+            import warnings
+
+            warnings.warn(f"engine 'ray': the cluster holds {fits} of the {self.replicas} replicas "
+                          "asked for; running with {fits}".replace("{fits}", str(fits)), stacklevel=3)
+        return fits
 
     def _retry(self, index: int, started: dict[int, int], todo: deque, why: str) -> None:
         if started[index] >= self.max_attempts:
