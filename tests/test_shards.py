@@ -109,6 +109,14 @@ def test_k_shards_merged_equal_the_unsharded_run(model, tmp_path, probe):
     _assert_same(committed, whole)
 
 
+def test_a_prompt_iterator_and_pad_to_longest_shard_like_a_list(model, tmp_path):
+    whole = tp.run(model, PROMPTS, tp.Residual(), batch_size=2, pad_to="longest")
+    res = tp.run(model, (p for p in PROMPTS), tp.Residual(), batch_size=2, pad_to="longest",
+                 shard_size=4, out=tmp_path)
+    assert res.inputs.tokens.shape == whole.inputs.tokens.shape  # the run's longest, every shard
+    _assert_same(res, whole)
+
+
 def test_a_commit_holds_its_state_rows_and_hashes(model, tmp_path):
     tp.run(model, PROMPTS, tp.ResidualMean(), batch_size=2, shard_size=4, out=tmp_path)
     meta = json.loads((tmp_path / "shard-000001" / "shard.json").read_text())
@@ -240,8 +248,15 @@ def test_a_sharded_suite_run_equals_the_plain_one_and_merges_again(tmp_path, cap
     assert cli(["status", str(tmp_path / "sharded")]) == 0
     assert "call-000: 3/3 done" in capsys.readouterr().out
     shutil.rmtree(tmp_path / "sharded")
+    again = ["run", str(suite), "--out", str(tmp_path / "sharded"), "--quiet", "--batch-size", "2",
+             "--shard-size", "4"]
+    assert cli(again) == 2
+    assert "holds the shards of an earlier run of this suite; pass --resume" in capsys.readouterr().err
     assert cli(["merge", str(work)]) == 0
     _same_tables(tmp_path / "plain", tmp_path / "sharded")
+    stamp = (work / "call-000" / "shard-000000" / "shard.json").stat().st_mtime_ns
+    assert cli([*again, "--overwrite"]) == 0  # replaces the old run, its shards too
+    assert (work / "call-000" / "shard-000000" / "shard.json").stat().st_mtime_ns != stamp
 
 
 def _free_port() -> int:

@@ -57,7 +57,7 @@ class Inputs:
     prompts: list[str] | None = None
     decode: Callable[[list[int]], list[str]] | None = field(default=None, repr=False)
     _str_tokens: list[list[str]] | None = field(default=None, repr=False)
-    pad_id: int | None = field(default=None, repr=False)  # the id padding uses (for merging)
+    pad_id: int | None = field(default=None, repr=False, compare=False)  # padding's id (merging)
 
     @property
     def str_tokens(self) -> list[list[str]]:
@@ -138,8 +138,10 @@ def _merge_inputs(a: Inputs, b: Inputs) -> Inputs:
     pid = _pad_id(a)
     pid = _pad_id(b) if pid is None else pid
     pid = 0 if pid is None else pid
-    prompts = a.prompts + b.prompts if a.prompts is not None and b.prompts is not None else None
-    out = Inputs(
+    prompts = None
+    if a.prompts is not None and b.prompts is not None:
+        prompts = a.prompts + b.prompts
+    return Inputs(
         tokens=pad_cat([a.tokens, b.tokens], dim=0, pad_dims=(1,), value=pid),
         attention_mask=pad_cat(
             [a.attention_mask, b.attention_mask], dim=0, pad_dims=(1,), value=False
@@ -148,7 +150,6 @@ def _merge_inputs(a: Inputs, b: Inputs) -> Inputs:
         decode=_decoder_for(a.decode, b.decode),
         pad_id=pid,
     )
-    return out
 
 
 def _inputs_state(inputs: Inputs, extra_ids: Tensor | None = None) -> dict[str, Any]:
@@ -173,9 +174,8 @@ def _inputs_from_state(state: dict[str, Any]) -> Inputs:
     decode = None
     if vocab is not None:
         decode = TokenTable(dict(zip(vocab["ids"].tolist(), vocab["strings"])))
-    out = Inputs(tokens=state["tokens"], attention_mask=state["attention_mask"],
-                 prompts=state.get("prompts"), decode=decode, pad_id=state.get("pad_id"))
-    return out
+    return Inputs(tokens=state["tokens"], attention_mask=state["attention_mask"],
+                  prompts=state.get("prompts"), decode=decode, pad_id=state.get("pad_id"))
 
 
 #: Meta keys that may differ between the pieces of one run (each shard's model device).
@@ -194,7 +194,6 @@ def check_meta(a: Meta | None, b: Meta | None, what: str) -> None:
                 f"cannot merge {what}: meta key {key!r} differs ({db.get(key)!r} vs {da[key]!r}); "
                 "pieces of one run come from one model, mode and dtype"
             )
-
 
 
 class Displayable:
@@ -285,7 +284,15 @@ class Result(Displayable, Mapping[str, Any]):
     def merge(self, other: Result) -> Result:
         """This result's prompts, then ``other``'s, capture by capture (a new result): what one
         run over both prompt lists gives, when the pieces were cut at batch boundaries. Refuses
-        results of another model, mode or dtype, or other settings, naming the differing key."""
+        results of another model, mode or dtype, or other settings, naming the differing key.
+
+            >>> model = tp.load_model()
+            >>> a = tp.run(model, ["Mary saw her."], tp.Residual(), tp.ResidualMean())
+            >>> b = tp.run(model, ["John gave her a book."], tp.Residual(), tp.ResidualMean())
+            >>> both = a.merge(b)
+            >>> both.residual.resid.shape, int(both.residual_mean.count)
+            (torch.Size([5, 2, 7, 128]), 12)
+        """
         if not isinstance(other, Result):
             raise InputError(f"cannot merge {type(other).__name__} into a Result; valid: a Result")
         check_meta(self.meta, other.meta, "results")
@@ -313,7 +320,7 @@ class Result(Displayable, Mapping[str, Any]):
         caps: dict[str, Any] = {}
         extra = []
         for name, cap in self._captures.items():
-            if hasattr(cap, "_fields_state"):
+            if hasattr(cap, "_fields_state") and getattr(cap, "inputs", None) is self.inputs:
                 caps[name] = {"kind": type(cap).__name__, "fields": cap._fields_state()}
                 ids = cap._extra_ids() if hasattr(cap, "_extra_ids") else None
                 if ids is not None:

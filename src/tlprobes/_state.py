@@ -21,6 +21,7 @@ half a file.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -69,8 +70,8 @@ def stateful(cls: type) -> type:
 
 def state_class(kind: Any) -> type:
     """The registered class named ``kind`` (the capture classes register on import)."""
-    if kind not in _CLASSES:
-        import tlprobes.capture  # noqa: F401 - registers the capture classes
+    if kind not in _CLASSES:  # the capture classes register themselves when their package loads
+        importlib.import_module("tlprobes.capture")
 
     if kind not in _CLASSES:
         raise ResultsError(f"unknown state kind {kind!r}; valid: {', '.join(sorted(_CLASSES))}")
@@ -101,7 +102,9 @@ def encode_state(state: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str,
                     f"cannot hold; valid dtypes: {', '.join(str(d) for d in _DTYPES)}"
                 )
             if v.layout != torch.strided:
-                raise ArgumentError(f"state value {where!r} is a {v.layout} tensor; save dense tensors")
+                raise ArgumentError(
+                    f"state value {where!r} is a {v.layout} tensor; valid: dense (strided) tensors"
+                )
             tensors[path] = v
             return {"$tensor": path}
         if v is None or isinstance(v, (bool, str)):
@@ -132,7 +135,9 @@ def encode_state(state: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str,
     return tensors, skeleton
 
 
-def decode_state(tensors: Mapping[str, Tensor], skeleton: Any, *, where: str = "state") -> dict[str, Any]:
+def decode_state(
+    tensors: Mapping[str, Tensor], skeleton: Any, *, where: str = "state"
+) -> dict[str, Any]:
     """Rebuild a state dict from :func:`encode_state`'s two parts (refusing unknown value tags)."""
     used: set[str] = set()
 
@@ -157,7 +162,9 @@ def decode_state(tensors: Mapping[str, Tensor], skeleton: Any, *, where: str = "
                 return tensors[body]
             if tag == "$tuple":
                 if not isinstance(body, list):
-                    raise ResultsError(f"{where}: '$tuple' holds a {type(body).__name__}, not a list")
+                    raise ResultsError(
+                        f"{where}: '$tuple' holds a {type(body).__name__}, not a list"
+                    )
                 return tuple(dec(x) for x in body)
             if not isinstance(body, dict):
                 raise ResultsError(f"{where}: '$dict' holds a {type(body).__name__}, not a dict")
@@ -194,7 +201,7 @@ def _host(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def save_state(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
+def save_state(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     """Write ``state`` as one safetensors file at ``path`` (atomically) and return the path."""
     from safetensors.torch import save
 
@@ -219,7 +226,7 @@ def save_state(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
     return path
 
 
-def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
     """Read a state written by :func:`save_state` (a safetensors file; nothing is unpickled)."""
     from safetensors import SafetensorError
     from safetensors.torch import load
@@ -245,9 +252,9 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     except ValueError as err:
         raise ResultsError(f"{str(path)!r}: the {FORMAT!r} metadata is not JSON: {err}") from None
     if not isinstance(meta, dict) or meta.get("version") != _VERSION or "state" not in meta:
+        got = meta.get("version") if isinstance(meta, dict) else meta
         raise ResultsError(
-            f"{str(path)!r}: unsupported state format {meta.get('version') if isinstance(meta, dict) else meta!r}; "
-            f"valid: version {_VERSION}"
+            f"{str(path)!r}: unsupported state format {got!r}; valid: version {_VERSION}"
         )
     return decode_state(tensors, meta["state"], where=str(path))
 

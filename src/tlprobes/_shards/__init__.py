@@ -50,6 +50,8 @@ anything else is treated as missing and redone (never merged).
         @property
         def is_main(self) -> bool: ...           # this process writes outputs (rank 0; always for
                                                  # local and for the ray driver)
+        def on_main(self, fn: Callable[[], T]) -> T: ...  # run fn on the main process only; every
+                                                 # process gets its value or raises its error
         def execute(self, job: ShardJob) -> None: ...
             # Return only when every shard of job.plan has a valid commit (job.pending() == []),
             # on every process that called it. Which shards a process runs is the engine's choice

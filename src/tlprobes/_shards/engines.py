@@ -152,7 +152,10 @@ class TorchrunEngine:
             raise TLProbesError("engine 'torchrun' needs torch.distributed, which this torch lacks")
         self._owns_group = not dist.is_initialized()
         if self._owns_group:
+            import atexit
+
             dist.init_process_group(backend="gloo")
+            atexit.register(_destroy_group)
         # a gloo group of our own even when the launcher made an NCCL one: states stay on the CPU
         self._group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
         self.rank = dist.get_rank()
@@ -206,6 +209,13 @@ class TorchrunEngine:
         if left:
             raise TLProbesError(f"shards {left} have no valid commit after every rank finished; "
                                 "rerun with --resume")
+
+
+def _destroy_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def engine_name(engine: Any) -> str:

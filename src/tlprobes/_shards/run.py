@@ -15,7 +15,8 @@
 
 Each shard is a plain ``tp.run`` over its prompt range (same batches as one process), committed
 under ``out``; the commits are then merged in shard order. Without ``out`` (only ``shard_size``)
-the shards are merged in memory.
+the shards are merged in memory. A run read back from its commits holds its captures on the CPU
+(states travel and are saved on the CPU), whatever ``device`` the captures were made on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +61,7 @@ def _n_prompts(prompts: Any) -> int:
             raise InputError(f"token input must be a LongTensor [batch, pos], got shape "
                              f"{tuple(prompts.shape)}")
         return int(prompts.shape[0])
-    try:
-        return len(prompts)
-    except TypeError:
-        raise InputError(f"prompts must be a non-empty list of strings or token-id lists, got "
-                         f"{type(prompts).__name__}") from None
+    return len(prompts)
 
 
 def _open_call_dir(out: Path, run_json: dict[str, Any], resume: bool) -> None:
@@ -109,9 +107,14 @@ def run_sharded(model: Any, prompts: Any, *probes: Any, shard_size: int | None =
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         run(model, prompts, *probes, batch_size=batch_size)  # raises run's own error
     shard_size = check_shard_size(shard_size, batch_size)
-    n = _n_prompts(prompts)
     if isinstance(prompts, str):
         prompts = [prompts]
+    elif not isinstance(prompts, (torch.Tensor, Sequence)):
+        if not isinstance(prompts, Iterable):
+            raise InputError(f"prompts must be a non-empty list of strings or token-id lists, "
+                             f"got {type(prompts).__name__}")
+        prompts = list(prompts)  # a dataset iterator: the plan needs the count (strings are small)
+    n = _n_prompts(prompts)
     if pad_to == "longest":  # the longest of the whole run, not of a shard
         adapter = adapter_for(model)
         seqs, _ = _as_sequences(adapter, prompts, attention_mask, run_kwargs.get("prepend_bos"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def default_engine() -> str:
 def open_sharding(out_dir: Path, *, suite: Any, engine: Any, shard_size: int | None,
                   resume: bool, engine_options: dict[str, Any] | None = None, model: Any = None,
                   second: Any = None, batch_size: int | None = None, device: str = "cpu",
-                  save_arrays: bool = False) -> Sharding | None:
+                  save_arrays: bool = False, overwrite: bool = False) -> Sharding | None:
     """The sharding of a suite run, or ``None`` when nothing asks for it (today's behaviour)."""
     if engine is None and shard_size is None and not resume and default_engine() == "local":
         return None
@@ -58,6 +59,8 @@ def open_sharding(out_dir: Path, *, suite: Any, engine: Any, shard_size: int | N
 
     def prepare() -> None:
         path = work / SUITE_JSON
+        if path.exists() and overwrite and not resume:
+            shutil.rmtree(work)  # --overwrite replaces the whole old run, its shards too
         if path.exists() and not resume:
             raise InputError(f"{str(work)!r} holds the shards of an earlier run of this suite; pass "
                              "--resume to continue it (only missing shards are computed), or "
@@ -74,9 +77,12 @@ def open_sharding(out_dir: Path, *, suite: Any, engine: Any, shard_size: int | N
 
 
 def local_device(device: str, sharding: Sharding | None) -> str:
-    """Under torchrun a bare ``cuda`` means this rank's GPU (``cuda:LOCAL_RANK``)."""
+    """Under torchrun a bare ``cuda`` means this rank's GPU (``cuda:LOCAL_RANK``, modulo the GPU count)."""
     if sharding is not None and device == "cuda" and "LOCAL_RANK" in os.environ:
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        import torch
+
+        n = max(torch.cuda.device_count(), 1)
+        return f"cuda:{int(os.environ['LOCAL_RANK']) % n}"  # ranks share GPUs when there are fewer
     return device
 
 
@@ -114,6 +120,9 @@ def rerun_suite(suite_json: Path, *, require_complete: bool = True) -> Any:
         suite_path, out = req["suite_path"], req["out"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ResultsError(f"{str(suite_json)!r} is unreadable ({type(err).__name__}: {err})") from None
+    if req.get("model") is None and req.get("model_spec") is None:
+        raise InputError(f"{str(suite_json)!r}: the run used a model object, not a name or folder; "
+                         "merge it by calling run_suite(..., model=<the model>, resume=True)")
     return run_suite(load_suite(suite_path), out=out, model=req.get("model"),
                      second_model=req.get("second_model"), batch_size=req.get("batch_size"),
                      device=req.get("device"), save_arrays=bool(req.get("save_arrays")),

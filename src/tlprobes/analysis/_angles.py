@@ -576,7 +576,9 @@ class AngleAccumulator(LayerMoments):
         super().__init__("angle", first_layer=1)
         self.settings = {"exclude_first": exclude_first, "units": "deg"}
 
-    def update(self, data: Any, mask: Any = None, *, group: str = "all") -> None:  # type: ignore[override]
+    def update(  # type: ignore[override]
+        self, data: Any, mask: Any = None, *, group: str = "all"
+    ) -> None:
         """Fold one batch in."""
         if hasattr(data, "angle") and not hasattr(data, "shape"):
             st = as_states(data, mask, attr="angle", vector=False)

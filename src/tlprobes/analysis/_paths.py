@@ -389,7 +389,9 @@ class PathAccumulator(LayerMoments):
         self.settings = {"exclude_first": exclude_first}
         self._tok = LayerMoments("token")
 
-    def update(self, data: Any, mask: Any = None, *, group: str = "all") -> None:  # type: ignore[override]
+    def update(  # type: ignore[override]
+        self, data: Any, mask: Any = None, *, group: str = "all"
+    ) -> None:
         """Fold one batch in."""
         if hasattr(data, "step") and not hasattr(data, "shape"):
             st = as_states(data, mask, attr="step", vector=False)

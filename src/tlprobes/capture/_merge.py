@@ -3,12 +3,14 @@
 Every capture has ``merge(other)`` (dense captures concatenate along the prompt axis, padding ragged
 axes exactly as a session pads its batches; streamed ones add their sums), ``state_dict()`` (tensors
 and JSON-able values only) and ``from_state_dict(state)`` (an exact round trip), so the pieces of a
-sharded run can be saved (:func:`tlprobes._state.save_state`) and merged::
+sharded run can be saved (:func:`tlprobes._state.save_state`) and merged. Pieces cut at batch
+boundaries merge to exactly what one run gives::
 
+    >>> import torch
     >>> model, prompts = tp.load_model(), ["Mary saw her brother.", "John gave her a book."]
     >>> a = tp.run(model, prompts[:1], tp.Residual()).residual
     >>> b = tp.run(model, prompts[1:], tp.Residual()).residual
-    >>> both = tp.run(model, prompts, tp.Residual()).residual
+    >>> both = tp.run(model, prompts, tp.Residual(), batch_size=1).residual
     >>> torch.equal(a.merge(b).resid, both.resid)
     True
     >>> type(a).from_state_dict(a.state_dict()).resid.shape
@@ -20,7 +22,6 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
 from .._adapter import Meta
@@ -91,7 +92,8 @@ class Mergeable:
             if getattr(self, name) != getattr(other, name):
                 raise InputError(f"cannot merge {what}: {name} {getattr(other, name)!r} differs "
                                  f"from {getattr(self, name)!r}")
-        kw = {f.name: getattr(self, f.name) for f in fields(self) if f.init}  # type: ignore[arg-type]
+        kw = {f.name: getattr(self, f.name)
+              for f in fields(self) if f.init}  # type: ignore[arg-type]
         for name, rule in self._LAYOUT.items():
             kw[name] = cat_field(name, getattr(self, name), getattr(other, name), rule, what)
         kw["inputs"] = inputs

@@ -125,6 +125,13 @@ class HeadStepsCapture(Displayable):
     def merge(self, other: HeadStepsCapture) -> HeadStepsCapture:
         """The capture of both shards (moments add; kept tokens and the inputs concatenate along
         the prompt axis)."""
+        inputs = None
+        if isinstance(other, HeadStepsCapture):
+            if self.inputs is not None and other.inputs is not None:
+                inputs = self.inputs.merge(other.inputs)
+        return self._merge(other, inputs)
+
+    def _merge(self, other: HeadStepsCapture, inputs: Inputs | None) -> HeadStepsCapture:
         if not isinstance(other, HeadStepsCapture):
             raise InputError(f"cannot merge {type(other).__name__} into HeadStepsCapture")
         if other.parts != self.parts or other.settings != self.settings:
@@ -145,9 +152,6 @@ class HeadStepsCapture(Displayable):
             tokens = {k: _cat_tokens(k, [self.tokens[k], other.tokens[k]]) for k in self.tokens}
             positions = pad_cat([self.positions, other.positions], dim=0, pad_dims=(1,), value=-1)
             mask = pad_cat([self.mask, other.mask], dim=0, pad_dims=(1,), value=False)
-        inputs = None
-        if self.inputs is not None and other.inputs is not None:
-            inputs = self.inputs.merge(other.inputs)
         return HeadStepsCapture(
             moments, self.parts, dict(self.settings), self.meta, tokens, positions, mask, inputs
         )
@@ -157,15 +161,30 @@ class HeadStepsCapture(Displayable):
         values only; save it with :func:`tlprobes._state.save_state`."""
         return {
             "kind": type(self).__name__,
+            **self._fields_state(),
+            "meta": meta_state(self.meta),
+            "inputs": None if self.inputs is None else self.inputs.state_dict(),
+        }
+
+    def _fields_state(self) -> dict[str, Any]:
+        return {
             "moments": {g: dict(m) for g, m in self.moments.items()},
             "parts": tuple(self.parts),
             "settings": dict(self.settings),
-            "meta": meta_state(self.meta),
             "tokens": None if self.tokens is None else dict(self.tokens),
             "positions": self.positions,
             "mask": self.mask,
-            "inputs": None if self.inputs is None else self.inputs.state_dict(),
         }
+
+    @classmethod
+    def _from_fields(
+        cls, f: dict[str, Any], inputs: Inputs | None, meta: Meta | None
+    ) -> HeadStepsCapture:
+        return cls(
+            {g: dict(m) for g, m in f["moments"].items()}, tuple(f["parts"]), dict(f["settings"]),
+            meta, None if f["tokens"] is None else dict(f["tokens"]), f["positions"], f["mask"],
+            inputs,
+        )
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> HeadStepsCapture:
@@ -180,13 +199,8 @@ class HeadStepsCapture(Displayable):
                 f"entry among {choices(sorted(state)) if isinstance(state, dict) else state!r}"
             )
         inputs = state.get("inputs")
-        return cls(
-            {g: dict(m) for g, m in state["moments"].items()}, tuple(state["parts"]),
-            dict(state["settings"]), meta_from_state(state["meta"]),
-            None if state["tokens"] is None else dict(state["tokens"]),
-            state["positions"], state["mask"],
-            None if inputs is None else Inputs.from_state_dict(inputs),
-        )
+        return cls._from_fields(state, None if inputs is None else Inputs.from_state_dict(inputs),
+                                meta_from_state(state["meta"]))
 
     @classmethod
     def _from_flat(cls, state: dict[str, Any]) -> HeadStepsCapture:

@@ -154,7 +154,7 @@ def run_suite(
     sharding = open_sharding(out_dir, suite=suite, engine=engine, shard_size=shard_size,
                              resume=resume, engine_options=engine_options, model=model,
                              second=second, batch_size=batch_size, device=device,
-                             save_arrays=save_arrays)
+                             save_arrays=save_arrays, overwrite=overwrite)
     device = local_device(device, sharding)
     quiet = quiet or (sharding is not None and not sharding.is_main)
 
