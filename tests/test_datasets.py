@@ -136,9 +136,25 @@ def test_sharded_run_over_a_stream_equals_the_list(files, tmp_path):
     path = tmp_path / "p.parquet"
     pq.write_table(pa.table({"text": prompts}), path, row_group_size=3)
     want = tp.run(model, prompts, tp.ResidualMean(), tp.Residual(positions="last"), batch_size=2)
-    got = tp.run(model, read_prompts(path), tp.ResidualMean(), tp.Residual(positions="last"),
-                 batch_size=2, shard_size=4, out=tmp_path / "run")
+    from tlprobes._datasets import PromptStream
+
+    ranges = []
+    real = PromptStream.iter_range
+
+    def spy(self, start, stop):
+        ranges.append((start, stop))
+        return real(self, start, stop)
+
+    PromptStream.iter_range = spy
+    try:
+        got = tp.run(model, read_prompts(path), tp.ResidualMean(), tp.Residual(positions="last"),
+                     batch_size=2, shard_size=4, out=tmp_path / "run")
+    finally:
+        PromptStream.iter_range = real
+    assert {(0, 4), (4, 8), (8, 10)} <= set(ranges)  # each shard read its own rows from the file
     assert got.inputs.prompts == prompts
+    plain = tp.run(model, read_prompts(path), tp.ResidualMean(), batch_size=2)  # unsharded too
+    assert plain.inputs.prompts == prompts
     import torch
 
     assert torch.equal(want.residual.resid, got.residual.resid)

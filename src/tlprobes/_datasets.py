@@ -43,7 +43,7 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -355,6 +355,11 @@ class PromptStream:
                 for i in range(n):
                     yield self._emit({k: batch[k][i] for k in keys}, index + i, False)
             index += n
+
+
+# A read-only sequence (len, indexing, slices, iteration): code that takes a list of prompts takes a
+# stream as it is, and a sharded run slices each shard's rows from the file instead of a list.
+Sequence.register(PromptStream)
 
 
 def _json_row(raw: bytes, path: Path, lineno: int) -> dict[str, Any]:
