@@ -8,7 +8,7 @@ line=${1:-tl4}
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venvs/$line"
 case $line in
-  tl4) tl='transformer-lens==4.3.0'; extra=(playwright rsatoolbox 'gguf==0.19.0' 'mkdocs-material==9.8.2' 'mkdocstrings-python==2.0.11' 'nbclient==0.11.0' 'nbformat==5.11.1' 'ipykernel==7.4.0') ;;
+  tl4) tl='transformer-lens==4.3.0'; extra=(playwright rsatoolbox 'gguf==0.19.0' 'mkdocs-material==9.8.2' 'mkdocstrings-python==2.0.11' 'nbclient==0.11.0' 'nbformat==5.11.1' 'ipykernel==7.4.0' 'ray==2.60.0') ;;
   tl3) tl='transformer-lens==3.9.0'; extra=() ;;
   tl2) tl='transformer-lens==2.18.0'; extra=('pyarrow<26') ;;
   *) echo "unknown line '$line'; valid: tl4, tl3, tl2" >&2; exit 2 ;;

@@ -33,6 +33,7 @@ __all__ = [
     "OptionError",
     "MissingCaptureError",
     "check_index",
+    "MissingExtraError",
     "choices",
 ]
 
@@ -101,6 +102,11 @@ class SessionError(TLProbesError, RuntimeError):
 
 class SuiteError(TLProbesError, ValueError):
     """A suite file that cannot be run as written."""
+
+
+class MissingExtraError(TLProbesError, ImportError):
+    """An optional package a feature needs is not installed; the message names the extra that
+    installs it (``pip install 'tlprobes[data]'``)."""
 
 
 def choices(values: Iterable[object], limit: int = 12) -> str:

@@ -5,6 +5,7 @@
     tlprobes run rotation_angles --out runs/angles      # a suite by name (probes/) or path
     tlprobes run probes/geometry.toml --model gpt2-xl --batch-size 8 --device cuda
     tlprobes run procrustes --model gpt2 --second-model path/to/hf_dir
+    tlprobes run path_length --dataset data/wiki.parquet --column text --limit 100000
     tlprobes list --suites my_suites/
     tlprobes render runs/angles
     tlprobes run rotation_angles --shard-size 64 --resume          # sharded, resumable
@@ -68,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--save-arrays", action="store_true", help="also save captured arrays (safetensors)")
     run.add_argument("--suites", action="append", default=[], metavar="DIR",
                      help="also look for suites by name in DIR (repeatable)")
+    run.add_argument("--dataset", metavar="PATH",
+                     help="read the prompts from a dataset: .txt, .jsonl, .csv/.tsv, .parquet or a HF "
+                          "datasets folder (streamed; Parquet and HF need `pip install 'tlprobes[data]'`)")
+    run.add_argument("--column", metavar="C", help="the dataset column holding the prompts")
+    run.add_argument("--limit", type=_positive_int, metavar="N", help="run the first N prompts only")
     run.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     run.add_argument("--engine", choices=("local", "torchrun", "ray"),
                      help="shard the run: commits under OUT.shards/ (default: torchrun when started "
@@ -126,6 +132,10 @@ def _run(args: Any) -> int:
 
     _check_dirs(args.suites)
     suite = load_suite(find_suite(args.suite, args.suites))
+    if args.dataset is not None or args.column is not None or args.limit is not None:
+        from .suites._schema import with_dataset
+
+        suite = with_dataset(suite, args.dataset, column=args.column, limit=args.limit)
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
     options = {k: v for k, v in (("replicas", args.replicas),

@@ -186,7 +186,7 @@ class Adapter:
             tl_version=tl_version(),
             mode=mode,
             dtype=str(param.dtype).replace("torch.", "") if param is not None else "unknown",
-            device=str(param.device) if param is not None else "cpu",
+            device=str(execution_device(model) or "cpu"),
             n_layers=self.n_layers,
             d_model=self.d_model,
             n_heads=self.n_heads,
@@ -315,13 +315,19 @@ class Adapter:
     # ------------------------------------------------------------------ weights
     @property
     def unembed_weight(self) -> Float[Tensor, "d_model d_vocab"]:
-        """The unembedding matrix ``W_U`` (the model's own tensor; detach before use)."""
-        return self.model.W_U
+        """The unembedding matrix ``W_U`` (the model's own tensor; detach before use; loaded for
+        the read when accelerate offloaded the unembedding)."""
+        W = self.model.W_U
+        if W.device.type == "meta":  # the unembedding is offloaded (accelerate device_map): load it
+            W = _materialized(self.model.unembed, lambda: self.model.W_U)
+        return W
 
     @property
     def unembed_bias(self) -> Float[Tensor, " d_vocab"]:
         """The unembedding bias ``b_U`` (zeros when the model has none)."""
         b = getattr(self.model, "b_U", None)
+        if b is not None and b.device.type == "meta":
+            b = _materialized(self.model.unembed, lambda: self.model.b_U)
         if b is None:
             W_U = self.unembed_weight
             return torch.zeros(self.d_vocab, dtype=W_U.dtype, device=W_U.device)
@@ -390,7 +396,7 @@ class Adapter:
     def _as_input(module: Any, x: Tensor) -> Tensor:
         """``x`` on the module's device and in its dtype (what the model's forward hands it)."""
         p = next(iter(module.parameters()), None) if module is not None else None
-        return x if p is None else x.to(device=p.device, dtype=p.dtype)
+        return x if p is None else x.to(device=execution_device(module), dtype=p.dtype)
 
     def final_norm(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
         """The model's own final normalisation applied to ``x`` (fresh statistics, no hook fires).
@@ -535,6 +541,39 @@ class Adapter:
         if tok is None:
             return [str(i) for i in ids]
         return [tok.decode([i]) for i in ids]
+
+
+def execution_device(module: torch.nn.Module) -> torch.device | None:
+    """Where ``module`` runs: its first parameter's device, or, when accelerate offloaded it to the
+    CPU or disk (a ``device_map`` with ``"cpu"``/``"disk"``: its parameters sit on the meta device),
+    the execution device of accelerate's hook on it (``None`` for a module without parameters).
+
+    Example::
+
+        >>> execution_device(torch.nn.Linear(2, 2))
+        device(type='cpu')
+    """
+    p = next(iter(module.parameters()), None)
+    if p is None:
+        return None
+    if p.device.type != "meta":
+        return p.device
+    for m in module.modules():  # the module itself first, then its children in order
+        hook = getattr(m, "_hf_hook", None)
+        for h in getattr(hook, "hooks", [hook]):  # accelerate's SequentialHook holds several
+            dev = getattr(h, "execution_device", None)
+            if dev is not None:
+                return torch.device(f"cuda:{dev}" if isinstance(dev, int) else dev)
+    return torch.device("cpu")
+
+
+def _materialized(module: Any, read: Any) -> Tensor:
+    """``read()`` while accelerate has loaded ``module``'s offloaded weights (a detached copy)."""
+    from accelerate.utils import align_module_device
+
+    target = getattr(module, "original_component", None) or module
+    with align_module_device(target):
+        return read().detach().clone()
 
 
 def _refuse_unsupported(model: Any) -> None:

@@ -20,6 +20,16 @@ A suite names a study, the model, the prompt set and the analysis settings::
     [analysis]
     controls = ["course", "clean"]
 
+A large prompt set can come from a dataset instead of ``[prompts] file`` (read by
+:func:`tlprobes._datasets.read_prompts`: text, JSONL, CSV/TSV, Parquet or a HF ``datasets`` folder; a
+relative path is relative to the suite file, an absolute one is taken as given); ``[prompts] target``
+still applies, and the dataset's other columns are the per-prompt columns a TSV prompt file gives::
+
+    [dataset]
+    path = "data/wiki.parquet"
+    column = "text"             # optional when the rows hold one text column
+    limit = 100000              # optional: the first N prompts
+
 Loading validates everything a run needs before any model is loaded: unknown sections or keys, wrong
 types, a missing prompt file, and a target word absent from a prompt fail with the file, the line (or
 key) and what is allowed::
@@ -48,7 +58,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
-    "Suite", "SuiteError", "load_suite", "suites_dir", "suite_dirs", "suite_files", "find_suite",
+    "Suite", "SuiteError", "load_suite", "with_dataset", "suites_dir", "suite_dirs", "suite_files", "find_suite",
     "list_suites",
 ]
 
@@ -82,9 +92,15 @@ _SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "seed": (int, 0),
         "device": (str, "cpu"),
     },
+    "dataset": {  # prompts from a dataset instead of [prompts] file
+        "path": (str, None),
+        "column": (str, ""),
+        "limit": (int, 0),
+        "format": (str, ""),
+    },
     "analysis": {},  # checked against the study's own schema
 }
-_REQUIRED = {"suite": ("name", "study"), "prompts": ("file",)}
+_REQUIRED = {"suite": ("name", "study"), "dataset": ("path",)}
 #: numeric keys (any section) -> (low, high, what): checked after the type
 _OPEN_UNIT = (0.0, 1.0, "a fraction strictly between 0 and 1")
 _POSITIVE = (1, None, "an integer >= 1")
@@ -123,6 +139,8 @@ class Suite:
     run: dict[str, Any]
     analysis: dict[str, Any]
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    #: where the prompts came from when they came from a dataset (``PromptStream.to_dict()``)
+    dataset: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved settings, for the run manifest."""
@@ -134,6 +152,7 @@ class Suite:
             "model": self.model,
             "prompts_file": str(self.prompts_file),
             "n_prompts": len(self.prompts),
+            "dataset": self.dataset,
             "target": self.target,
             "run": self.run,
             "analysis": self.analysis,
@@ -277,8 +296,13 @@ def load_suite(path: str | Path, *, study_schema: dict[str, tuple[Any, Any]] | N
             raise SuiteError(f"{where(None, section)}: [{section}] must be a table")
     for section, required in _REQUIRED.items():
         for key in required:
-            if key not in data.get(section, {}):
+            if key not in data.get(section, {}) and (section != "dataset" or section in data):
                 raise SuiteError(f"{path}: [{section}] needs the key {key!r}")
+    if "dataset" not in data and "file" not in data.get("prompts", {}):
+        raise SuiteError(f"{path}: [prompts] needs the key 'file' (or a [dataset] section)")
+    if "dataset" in data and "file" in data.get("prompts", {}):
+        raise SuiteError(f"{where('prompts', 'file')}: give the prompts once: [prompts] file or "
+                         "[dataset] path, not both")
 
     resolved: dict[str, dict[str, Any]] = {}
     for section, keys in _SCHEMA.items():
@@ -316,21 +340,24 @@ def load_suite(path: str | Path, *, study_schema: dict[str, tuple[Any, Any]] | N
     if run["batch_size"] < 1:
         raise SuiteError(f"{where('run', 'batch_size')}: batch_size must be >= 1")
 
-    pfile = _prompt_path(path, resolved["prompts"]["file"], where("prompts", "file"))
-    prompts, columns, numbers = _read_prompts(
-        pfile, resolved["prompts"]["column"], where("prompts", "file"))
+    dataset = None
+    if "dataset" in data:
+        ds = resolved["dataset"]
+        given = Path(ds["path"]).expanduser()
+        pfile = given if given.is_absolute() else path.resolve().parent / given
+        prompts, columns, numbers, dataset = _read_dataset(
+            pfile, ds["column"] or None, ds["limit"] or None, ds["format"] or None,
+            where("dataset", "path"))
+    else:
+        pfile = _prompt_path(path, resolved["prompts"]["file"], where("prompts", "file"))
+        prompts, columns, numbers = _read_prompts(
+            pfile, resolved["prompts"]["column"], where("prompts", "file"))
     if resolved["prompts"]["limit"]:
         n = resolved["prompts"]["limit"]
         prompts, numbers = prompts[:n], numbers[:n]
         columns = {k: v[:n] for k, v in columns.items()}
     target = resolved["prompts"]["target"]
-    if target:
-        for i, prompt in enumerate(prompts):
-            if not _word_in(target, prompt):
-                raise SuiteError(
-                    f"{pfile}:{numbers[i]}: target {target!r} (from {where('prompts', 'target')}) "
-                    f"is absent from prompt {i}: {prompt!r}"
-                )
+    _check_target(target, prompts, pfile, numbers, where("prompts", "target"))
     return Suite(
         path=path,
         name=resolved["suite"]["name"],
@@ -345,7 +372,72 @@ def load_suite(path: str | Path, *, study_schema: dict[str, tuple[Any, Any]] | N
         run=run,
         analysis=analysis,
         raw=data,
+        dataset=dataset,
     )
+
+
+def _check_target(target: str, prompts: list[str], pfile: Path, numbers: list[Any], where: str) -> None:
+    if target:
+        for i, prompt in enumerate(prompts):
+            if not _word_in(target, prompt):
+                raise SuiteError(
+                    f"{pfile}:{numbers[i]}: target {target!r} (from {where}) "
+                    f"is absent from prompt {i}: {prompt!r}"
+                )
+
+
+def _read_dataset(
+    source: Path, column: str | None, limit: int | None, fmt: str | None, where: str
+) -> tuple[list[str], dict[str, list[str]], list[Any], dict[str, Any]]:
+    """Prompts, per-prompt columns (as text, like a TSV's), row labels and the dataset's record."""
+    from .._datasets import read_prompts
+
+    try:
+        stream = read_prompts(source, column=column, limit=limit, format=fmt)
+    except TLProbesError as err:
+        raise SuiteError(f"{where}: {err}") from None
+    prompts: list[str] = []
+    columns: dict[str, list[str]] = {c: [] for c in stream.columns}
+    for row in stream.rows():
+        prompts.append(row[stream.column])
+        for c in columns:
+            value = row.get(c)
+            columns[c].append("" if value is None else str(value))
+    if not prompts:
+        raise SuiteError(f"{where}: dataset {str(source)!r} holds no prompts")
+    return prompts, columns, [f"row {i}" for i in range(len(prompts))], stream.to_dict()
+
+
+def with_dataset(suite: Suite, source: str | Path | None = None, *, column: str | None = None,
+                 limit: int | None = None) -> Suite:
+    """``suite`` with its prompts read from a dataset: ``tlprobes run SUITE --dataset PATH --column C
+    --limit N``. Without ``source`` the suite's own ``[dataset]`` is read again with the new column
+    or limit (a suite with a prompt file keeps its first ``limit`` prompts). The suite's target word
+    is checked against the new prompts.
+    """
+    import dataclasses
+
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise SuiteError(f"limit {limit!r} is not valid; give a positive integer")
+    fmt = None
+    if source is None and suite.dataset is not None:
+        source, fmt = suite.dataset["path"], suite.dataset["format"]
+        column = column or suite.dataset["column"]
+        limit = limit or suite.dataset["limit"]
+    if source is None:
+        if column is not None:
+            raise SuiteError(f"column {column!r} picks a column of a dataset, but suite "
+                             f"{suite.name!r} reads the prompt file {str(suite.prompts_file)!r}; "
+                             "give a dataset too (--dataset PATH)")
+        if limit is None:
+            return suite
+        return dataclasses.replace(suite, prompts=suite.prompts[:limit],
+                                   columns={k: v[:limit] for k, v in suite.columns.items()})
+    prompts, columns, numbers, dataset = _read_dataset(
+        Path(source).expanduser(), column, limit, fmt, "--dataset")
+    _check_target(suite.target, prompts, Path(source), numbers, f"{suite.path} [prompts] target")
+    return dataclasses.replace(suite, prompts_file=Path(source), prompts=prompts, columns=columns,
+                               dataset=dataset)
 
 
 def _prompt_path(suite_path: Path, given: str, where: str) -> Path:
