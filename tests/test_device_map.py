@@ -10,7 +10,7 @@ import torch
 from conftest import HAS_BRIDGE, PROMPTS
 
 import tlprobes as tp
-from tlprobes._adapter import adapter_for, execution_device
+from tlprobes._tl.adapter import adapter_for, execution_device
 
 
 def _disk_offload() -> bool:
@@ -113,10 +113,10 @@ def test_readout_weights_of_an_offloaded_unembedding(single, spread):
     lens on arrays reads through the spread model as through the single one."""
     _, model = spread
     a, b = adapter_for(single), adapter_for(model)
-    assert b.W_U.device.type == "cpu" and torch.equal(a.W_U, b.W_U)
-    assert torch.equal(a.b_U, b.b_U)
+    assert b.unembed_weight.device.type == "cpu" and torch.equal(a.unembed_weight, b.unembed_weight)
+    assert torch.equal(a.unembed_bias, b.unembed_bias)
     x = torch.randn(2, 5, a.d_model)
-    assert torch.allclose(a.ln_final(x), b.ln_final(x), atol=0, rtol=0)
+    assert torch.allclose(a.final_norm(x), b.final_norm(x), atol=0, rtol=0)
 
 
 def test_execution_device_of_plain_and_offloaded_modules(spread):

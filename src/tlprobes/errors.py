@@ -19,6 +19,7 @@ from ._errors import HeadError as HeadError
 from ._errors import InputError as InputError
 from ._errors import LayerError as LayerError
 from ._errors import MissingCaptureError as MissingCaptureError
+from ._errors import MissingExtraError as MissingExtraError
 from ._errors import ModelError as ModelError
 from ._errors import OptionError as OptionError
 from ._errors import PositionError as PositionError
@@ -36,6 +37,7 @@ __all__ = [
     "InputError",
     "LayerError",
     "MissingCaptureError",
+    "MissingExtraError",
     "ModelError",
     "OptionError",
     "PositionError",

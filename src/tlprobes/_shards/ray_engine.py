@@ -66,7 +66,7 @@ def _positive(name: str, value: Any) -> int:
 
 def _device_info(model: Any) -> dict[str, Any]:
     """Where a replica's model sits: its device and, for a spread model, the HF device map."""
-    from .._adapter import adapter_for
+    from .._tl.adapter import adapter_for
 
     hf = getattr(getattr(model, "original_model", None), "hf_device_map", None)
     return {"device": adapter_for(model).meta.device,
@@ -203,7 +203,7 @@ class RayEngine:
                      log_to_driver=False)
         spec = job.model_spec
         if spec is None and self.model is not None:
-            from .._adapter import adapter_for
+            from .._tl.adapter import adapter_for
 
             device = adapter_for(job.model).meta.device if job.model is not None else "cpu"
             spec = {"name": self.model, "device": device, "compat": self.compat}
