@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .._errors import InputError, LayerError, ModelError, SiteError, choices
+from .._errors import InputError, LayerError, ModelError, SiteError, check_index, choices
 from . import tokens
 from .hooks import ModuleOutputHook
 from .version import tl_version
@@ -214,15 +214,7 @@ class Adapter:
     def layer(self, layer: int, *, n: int | None = None, what: str = "layer") -> int:
         """Validate a layer index (negative counts from the end) and return it non-negative."""
         n = self.n_layers if n is None else n
-        if not isinstance(layer, int) or isinstance(layer, bool):
-            raise LayerError(f"{what} must be an int, got {layer!r}; valid: 0..{n - 1}")
-        if not -n <= layer < n:
-            raise LayerError(
-                f"{what} {layer} is out of range for {self.meta.model_name} with {n} "
-                f"{'blocks' if n == self.n_layers else what + 's'}; valid: 0..{n - 1} "
-                "(negative indices count from the end)"
-            )
-        return layer % n
+        return check_index(layer, n, what=what, of=f" for {self.meta.model_name}")
 
     def layers(self, layers: Any, *, what: str = "layer") -> tuple[int, ...]:
         """``None`` or ``"all"`` means every block; otherwise validate each index."""

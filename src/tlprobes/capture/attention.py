@@ -32,7 +32,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .._display import Display
-from .._errors import HeadError, InputError, LayerError, choices
+from .._errors import HeadError, InputError, LayerError, check_index, choices
 from .._result import Inputs, pad_cat
 from .._state import check_kind, stateful
 from .._tl.adapter import Adapter, Meta
@@ -192,12 +192,8 @@ class Attention(Probe):
         raw = [self.heads] if isinstance(self.heads, int) else list(self.heads)
         heads = []
         for h in raw:
-            if not isinstance(h, int) or not -adapter.n_heads <= h < adapter.n_heads:
-                raise HeadError(
-                    f"head {h!r} is out of range for {adapter.meta.model_name} with "
-                    f"{adapter.n_heads} heads per layer; valid: 0..{adapter.n_heads - 1}"
-                )
-            heads.append(h % adapter.n_heads)
+            heads.append(check_index(h, adapter.n_heads, what="head", error=HeadError,
+                                     of=f" for {adapter.meta.model_name}"))
         return layers, tuple(dict.fromkeys(heads))
 
     def _all_rows(self) -> bool:

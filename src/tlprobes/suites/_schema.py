@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._errors import InputError, SuiteError, choices
+from .._errors import InputError, SuiteError, TLProbesError, choices
 from ._registry import get_study
 
 if sys.version_info >= (3, 11):
