@@ -166,7 +166,9 @@ class Paths:
 
 def _summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per block b (the step x_b -> x_(b+1)): means read from the tidy tables, and the
-    attention/MLP share of the mean step (``attn_share + mlp_share == 1``: the split is additive)."""
+    attention/MLP share of the mean step. ``attn_share + mlp_share`` is 1 up to the float32 rounding
+    of the model's residual additions (~1e-9): tp.Steps projects attn_out and mlp_out on the model's
+    own step x_(l+1) - x_l."""
     dec, pdf, adf = tables["decomposition"], tables["path_length"], tables["angles"]
     blocks, step = series(dec, "step", "mean")
     out = pd.DataFrame({"block": blocks, "n": series(dec, "step", "n")[1], "step_mean": step,
