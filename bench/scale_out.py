@@ -2,7 +2,7 @@
 (a rank killed, then resumed on one worker) and with Ray (an actor killed mid-shard), all merged to
 the same numbers.
 
-    python bench/scale_out.py                        # 100,000 prompts, stages a, b, c
+    python bench/scale_out.py                        # 100,000 prompts, stages a, t, b, c
     python bench/scale_out.py --prompts 5000         # estimate first (prints the projection to 100k)
     python bench/scale_out.py --quick                # 512 prompts, a smoke test of the script
     python bench/scale_out.py --stages a,c --keep --work /tmp/so   # some stages; keep the run folders
@@ -13,6 +13,8 @@ study: one ``tp.Steps()`` probe, per-token scalars only) on the shipped default 
 (``OMP_NUM_THREADS=1``; Ray sets each actor's threads to its 1 CPU):
 
 * **a**  one local process, no shards: the reference.
+* **t**  ``torchrun --nproc-per-node 2`` with ``--shard-size S``, nothing killed: the two-worker
+  throughput on this machine.
 * **b**  ``torchrun --nproc-per-node 2`` with ``--shard-size S``; rank 1 exits after its 2nd commit
   (``TLPROBES_FAULT_EXIT_AFTER_COMMITS=2 TLPROBES_FAULT_RANK=1``) and torchrun stops rank 0; then
   ``--resume`` with one worker (local engine) computes only the shards without a commit. The script
@@ -26,7 +28,7 @@ study: one ``tp.Steps()`` probe, per-token scalars only) on the shipped default 
   ``actor_restarts == 1``. (``--ray-kill env`` uses the engine's own fault injection instead:
   ``TLPROBES_FAULT_RAY_KILL_SHARD``, a crash at the shard's start.)
 
-Every table of b and c is compared with a: counts (``n``, ``n_nan``, ``*_n``) exactly, every other
+Every table of t, b and c is compared with a: counts (``n``, ``n_nan``, ``*_n``) exactly, every other
 value within 1e-12 relative (NaN where a has NaN); the facts (tokens of the shown prompts, counts)
 must be equal. Wall time is the whole command (Python start, model load, reading the dataset,
 tokenising, the forward passes, commits, merge, analysis and report); tokens/s is the dataset's
@@ -164,12 +166,28 @@ def stage_a(args: argparse.Namespace, data: Path, work: Path) -> dict[str, Any]:
     return r
 
 
+def _torchrun(args: argparse.Namespace, data: Path, out: Path) -> list[str]:
+    suite = _suite_args(args, data, out) + ["--shard-size", str(args.shard_size)]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--nnodes=1",
+            "--master-addr=127.0.0.1", f"--master-port={_free_port()}", "-m", "tlprobes", *suite]
+
+
+def stage_t(args: argparse.Namespace, data: Path, work: Path) -> dict[str, Any]:
+    out = work / "t-torchrun"
+    r = _launch(_torchrun(args, data, out), _env(), work / "t.log")
+    _check(r["rc"] == 0, "stage t (torchrun, 2 workers) failed", work / "t.log")
+    m = _manifest(out)["shards"]
+    ranks = [s["rank"] for s in m["calls"][0]["shards"]]
+    return {**r, "what": "torchrun --nproc-per-node 2, nothing killed", "run_dir": str(out),
+            "n_shards": len(ranks), "shards_by_rank": {str(k): ranks.count(k) for k in (0, 1)},
+            "n_tokens": m["calls"][0]["n_tokens"]}
+
+
 def stage_b(args: argparse.Namespace, data: Path, work: Path) -> dict[str, Any]:
     out = work / "b-torchrun"
     call = work / "b-torchrun.shards" / "call-000"
     suite = _suite_args(args, data, out) + ["--shard-size", str(args.shard_size)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--nnodes=1",
-           "--master-addr=127.0.0.1", f"--master-port={_free_port()}", "-m", "tlprobes", *suite]
+    cmd = _torchrun(args, data, out)
     fault = {"TLPROBES_FAULT_EXIT_AFTER_COMMITS": str(args.kill_after),
              "TLPROBES_FAULT_RANK": "1"}
     crash = _launch(cmd, _env(fault), work / "b-torchrun.log")
@@ -344,7 +362,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--shard-size", type=int, help="default: about --shards shards")
     p.add_argument("--shards", type=int, default=24, help="aim for this many shards")
-    p.add_argument("--stages", default="a,b,c")
+    p.add_argument("--stages", default="a,t,b,c")
     p.add_argument("--kill-after", type=int, default=2, help="stage b: rank 1 exits after K commits")
     p.add_argument("--kill-shard", type=int, help="stage c: the shard whose actor is killed")
     p.add_argument("--ray-kill", choices=("external", "env"), default="external")
@@ -383,6 +401,9 @@ def main() -> None:
         if "a" in stages:
             st["a"] = stage_a(args, data, work)
             print(f"a  one process        {st['a']['wall_s']:8.1f} s", flush=True)
+        if "t" in stages:
+            st["t"] = stage_t(args, data, work)
+            print(f"t  torchrun x2        {st['t']['wall_s']:8.1f} s", flush=True)
         if "b" in stages:
             st["b"] = stage_b(args, data, work)
             print(f"b  torchrun x2 + kill {st['b']['crashed_run']['wall_s']:8.1f} s "
@@ -400,7 +421,7 @@ def main() -> None:
             if tokens:
                 s["tokens_per_s"] = round(tokens / s["wall_s"], 1)
         if "a" in st:
-            for other in ("b", "c"):
+            for other in ("t", "b", "c"):
                 if other in st:
                     results["compare"][f"{other} vs a"] = compare(Path(st["a"]["run_dir"]),
                                                                   Path(st[other]["run_dir"]))
@@ -413,7 +434,7 @@ def main() -> None:
             print(f"{k}: {s['wall_s']:.1f} s, {s.get('tokens_per_s', 0):.0f} tokens/s, peak RSS "
                   f"{s.get('peak_rss_mib', s.get('resume', {}).get('peak_rss_mib'))} MiB")
         if "projection_100k_s" in results and args.prompts != 100_000:
-            print(f"projected for 100,000 prompts (stages {','.join(st)}): "
+            print(f"projected for 100,000 prompts, linear in the prompts with the start-up costs too (an upper bound; stages {','.join(st)}): "
                   f"{results['projection_100k_s'] / 60:.1f} min")
     finally:
         results["work"] = str(work) if args.keep else None
