@@ -3,9 +3,9 @@
 the same numbers.
 
     python bench/scale_out.py                        # 100,000 prompts, stages a, t, b, c
-    python bench/scale_out.py --prompts 5000         # estimate first (prints the projection to 100k)
+    python bench/scale_out.py --prompts 5000         # estimate first (prints a 100k projection)
     python bench/scale_out.py --quick                # 512 prompts, a smoke test of the script
-    python bench/scale_out.py --stages a,c --keep --work /tmp/so   # some stages; keep the run folders
+    python bench/scale_out.py --stages a,c --keep --work /tmp/so   # some stages; keep the runs
 
 What runs, each stage a fresh ``python -m tlprobes run path_length_stream`` (the streaming paths
 study: one ``tp.Steps()`` probe, per-token scalars only) on the shipped default model, over the same
@@ -28,12 +28,13 @@ study: one ``tp.Steps()`` probe, per-token scalars only) on the shipped default 
   ``actor_restarts == 1``. (``--ray-kill env`` uses the engine's own fault injection instead:
   ``TLPROBES_FAULT_RAY_KILL_SHARD``, a crash at the shard's start.)
 
-Every table of t, b and c is compared with a: counts (``n``, ``n_nan``, ``*_n``) exactly, every other
-value within 1e-12 relative (NaN where a has NaN); the facts (tokens of the shown prompts, counts)
-must be equal. Wall time is the whole command (Python start, model load, reading the dataset,
-tokenising, the forward passes, commits, merge, analysis and report); tokens/s is the dataset's
-tokens (padding not counted) over that wall time. Peak RSS is the largest waited-for process of the
-command (for Ray: the driver; the actors are children of Ray's raylet and are not counted).
+Every table of t, b and c is compared with a: counts (``n``, ``n_nan``, ``*_n``) exactly, every
+other value within 1e-12 relative (NaN where a has NaN); the facts (tokens of the shown
+prompts, counts) must be equal. Wall time is the whole command (Python start, model load, reading
+the dataset, tokenising, the forward passes, commits, merge, analysis and report); tokens/s is the
+dataset's tokens (padding not counted) over that wall time. Peak RSS is the largest waited-for
+process of the command (for Ray: the driver; the actors are children of Ray's raylet and are not
+counted).
 
 The prompts come from the shipped grammar the default models were trained on
 (``tlprobes.models.training.corpus.generate_sentence(seed=f"scale-out/{i}")``, one sentence per
@@ -363,10 +364,12 @@ def main() -> None:
     p.add_argument("--shard-size", type=int, help="default: about --shards shards")
     p.add_argument("--shards", type=int, default=24, help="aim for this many shards")
     p.add_argument("--stages", default="a,t,b,c")
-    p.add_argument("--kill-after", type=int, default=2, help="stage b: rank 1 exits after K commits")
+    p.add_argument("--kill-after", type=int, default=2, 
+                   help="stage b: rank 1 exits after K commits")
     p.add_argument("--kill-shard", type=int, help="stage c: the shard whose actor is killed")
     p.add_argument("--ray-kill", choices=("external", "env"), default="external")
-    p.add_argument("--work", help="folder for the dataset and the run folders (default: a temp dir)")
+    p.add_argument("--work", 
+                   help="folder for the dataset and the run folders (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
     p.add_argument("--quick", action="store_true", help="512 prompts, batch 16, 8 shards")
     p.add_argument("--json", help="results file (default bench/results/scale-out-<date>.json)")
@@ -382,12 +385,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     results: dict[str, Any] = {
-        "issue": 15, "suite": SUITE, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "issue": 15, "suite": SUITE,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"host": socket.gethostname(), "cpus": os.cpu_count(), "cpu": _cpu(),
                     "threads_per_worker": 1},
         "versions": _versions(),
         "settings": {"prompts": args.prompts, "batch_size": args.batch_size,
-                     "shard_size": args.shard_size, "n_shards": math.ceil(args.prompts / args.shard_size),
+                     "shard_size": args.shard_size,
+                     "n_shards": math.ceil(args.prompts / args.shard_size),
                      "kill_after_commits": args.kill_after, "ray_kill": args.ray_kill},
         "stages": {}, "compare": {},
     }
@@ -434,7 +439,8 @@ def main() -> None:
             print(f"{k}: {s['wall_s']:.1f} s, {s.get('tokens_per_s', 0):.0f} tokens/s, peak RSS "
                   f"{s.get('peak_rss_mib', s.get('resume', {}).get('peak_rss_mib'))} MiB")
         if "projection_100k_s" in results and args.prompts != 100_000:
-            print(f"projected for 100,000 prompts, linear in the prompts with the start-up costs too (an upper bound; stages {','.join(st)}): "
+            print("projected for 100,000 prompts, linear in the prompts with the start-up costs "
+                  f"too (an upper bound; stages {','.join(st)}): "
                   f"{results['projection_100k_s'] / 60:.1f} min")
     finally:
         results["work"] = str(work) if args.keep else None

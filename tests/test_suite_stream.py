@@ -23,11 +23,11 @@ STREAM, DENSE = REPO / "probes" / "path_length_stream.toml", REPO / "probes" / "
 #: per-layer groups both suites compute; straightness (needs x_L - x_0) and the course drifts
 #: (need attn_out/mlp_out vectors) are NaN in the streaming run
 PATH_GROUPS = ["step", "cumulative", "relative_step", "total"]
-#: group -> relative tolerance. The dense run splits the step attn_out + mlp_out (summed in float64);
-#: tp.Steps splits the model's own step x_(l+1) - x_l, whose float32 additions (resid_mid, resid_post)
-#: round: the two steps differ by ~1e-8 relative, so the projections on them do too, and ``cross``
-#: (step**2 - |attn|**2 - |mlp|**2, a difference of large numbers) by ~1e-5. The norms and the cosine
-#: of attn_out and mlp_out are the same vectors in both runs.
+#: group -> relative tolerance. The dense run splits the step attn_out + mlp_out (summed in
+#: float64); tp.Steps splits the model's own step x_(l+1) - x_l, whose float32 additions
+#: (resid_mid, resid_post) round: the two steps differ by ~1e-8 relative, so the projections on
+#: them do too, and ``cross`` (step**2 - |attn|**2 - |mlp|**2, a difference of large numbers) by
+#: ~1e-5. The norms and the cosine of attn_out and mlp_out are the same vectors in both runs.
 DEC_GROUPS = {"attn_norm": 1e-9, "mlp_norm": 1e-9, "cos_attn_mlp": 1e-9, "step": 1e-7,
               "attn_proj": 1e-7, "mlp_proj": 1e-7, "cross": 1e-4}
 STATS = ["n", "mean", "sd", "sem", "ci_low", "ci_high", "median", "n_nan"]
@@ -70,7 +70,7 @@ def test_the_streaming_suite_equals_the_dense_suite_per_layer(runs):
     for group, rtol in DEC_GROUPS.items():
         _same(_select(stream.tables["decomposition"], [group]),
               _select(dense.tables["decomposition"], [group]), rtol, f"decomposition {group}")
-    # the streaming decomposition's step is the residual step itself: path_length's, block b = layer b+1
+    # the streaming decomposition's step is the residual step: path_length's (block b = layer b+1)
     st_dec = _select(stream.tables["decomposition"], ["step"])
     st_path = _select(stream.tables["path_length"], ["step"])
     np.testing.assert_allclose(st_dec["value"], st_path["value"], rtol=1e-12, atol=0)
