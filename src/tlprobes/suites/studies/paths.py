@@ -2,9 +2,9 @@
 the next token's log-prob (lectures 227-229).
 
 ``[analysis] streaming = true`` (suite ``path_length_stream``) is the dataset-scale variant: one
-``tp.Steps()`` probe, which keeps a few float64 scalars per token and layer (step length, angle, the
-exact attention/MLP split) instead of the residual, attention and MLP vectors, so 100,000 prompts fit
-in memory and every shard's commit stays small. Its ``path_length`` and ``decomposition`` tables
+``tp.Steps()`` probe, which keeps a few float64 scalars per token and layer (step length, angle,
+the attention/MLP split) instead of the residual, attention and MLP vectors, so 100,000 prompts
+fit in memory and every shard's commit stays small. Its ``path_length`` and ``decomposition`` tables
 come from the same analyzers and equal the dense run's per-layer numbers; it adds ``angles`` (the
 rotation between consecutive states) and ``summary`` (per block: mean step, mean angle and the
 attention/MLP share of the step). What needs vectors is absent: straightness and the course drifts
@@ -116,9 +116,9 @@ class Paths:
             f"{f['n_prompts']} prompts, first token of each prompt excluded, padding never counted). "
             "Each step splits exactly into attention and MLP parts by projecting attn_out and mlp_out "
             "onto the step direction (the two parts sum to the step length)."
-            + (" Streaming run (tp.Steps): only per-token scalars were kept, so straightness and the "
-               "next-token correlation need the dense suite (path_length)." if f.get("streaming")
-               else ""),
+            + (" Streaming run (tp.Steps): only per-token scalars were kept, so straightness "
+               "and the next-token correlation need the dense suite (path_length)."
+               if f.get("streaming") else ""),
         )
         pdf, ddf = out.tables["path_length"], out.tables["decomposition"]
         report.add_heading("Step length per layer")
@@ -147,8 +147,9 @@ class Paths:
                 {"angle(x_(l-1), x_l)": curve(adf, "angle")}, layers=list(al),
                 title="Mean angle per layer with 95% CI"))
             report.add_table(out.tables["summary"],
-                             caption="per block: mean step, mean angle, mean path length so far, "
-                                     "attention and MLP share of the step (ratio of mean projections)")
+                             caption="per block: mean step, mean angle, mean path length so "
+                                     "far, attention and MLP share of the step (ratio of mean "
+                                     "projections)")
         if "path_vs_next_logprob" in out.tables:
             report.add_heading("Path length and the next token")
             report.add_table(out.tables["path_vs_next_logprob"].round(4),
@@ -159,7 +160,8 @@ class Paths:
         for b, strs in enumerate(f["str_tokens"]):
             values = {"path length": out.view_data["token_path"][b].double().numpy()}
             if "token_next_logprob" in out.view_data:
-                values["next-token log-prob"] = out.view_data["token_next_logprob"][b].double().numpy()
+                nxt = out.view_data["token_next_logprob"][b]
+                values["next-token log-prob"] = nxt.double().numpy()
             report.add_view(token_view(strs, values, mask=mask[b].numpy(), label=f"prompt {b}"))
         return report
 
