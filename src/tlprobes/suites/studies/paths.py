@@ -133,6 +133,7 @@ class Paths:
         _, mlp_sem = series(ddf, "mlp_proj", "sem")
         report.add_figure(plot_path_decomposition(
             attn, mlp, attn_err=1.96 * attn_sem, mlp_err=1.96 * mlp_sem, layers=list(dl),
+            xlabel="block b (its step x_b -> x_(b+1) is layer b+1 above)",
             ylabel="projection on the step (additive)", title="Decomposition of each block's step"),
             caption="mean ± 1.96 SEM over tokens; attention + MLP = step length exactly")
         report.add_table(pivot(ddf, [("step", "mean"), ("attn_proj", "mean"), ("mlp_proj", "mean"),
