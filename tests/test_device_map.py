@@ -108,6 +108,21 @@ def test_captures_equal_the_single_device_model(single, spread):
     assert compared > 40
 
 
+def test_a_sharded_run_of_a_spread_model_equals_the_single_device_run(single, spread, tmp_path):
+    """Shards commit and merge for a model with disk-offloaded weights (the fingerprint hashes
+    those by name, dtype and shape: their bytes are not in memory)."""
+    name, model = spread
+    want = tp.run(single, PROMPTS, tp.Residual(), tp.Steps(), batch_size=2)
+    got = tp.run(model, PROMPTS, tp.Residual(), tp.Steps(), batch_size=2, device="cpu",
+                 shard_size=2, out=tmp_path / "shards")
+    assert len(list((tmp_path / "shards").glob("shard-*"))) == -(-len(PROMPTS) // 2)
+    for probe in want:
+        a, b = _tensors(want[probe], probe), _tensors(got[probe], probe)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key].nan_to_num(7.0), b[key].nan_to_num(7.0)), (name, key)
+
+
 def test_readout_weights_of_an_offloaded_unembedding(single, spread):
     """W_U / b_U of an offloaded lm_head are loaded for the read (not meta placeholders), and the
     lens on arrays reads through the spread model as through the single one."""

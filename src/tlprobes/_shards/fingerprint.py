@@ -22,7 +22,10 @@ _WEIGHTS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def weights_hash(model: Any) -> str:
-    """SHA-256 over every parameter and buffer: name, dtype, shape and bytes (cached per model)."""
+    """SHA-256 over every parameter and buffer: name, dtype, shape and bytes (cached per model).
+
+    Weights that accelerate offloaded to disk (meta placeholders) count by name, dtype and shape
+    only: their bytes are not in memory to hash."""
     try:
         return _WEIGHTS[model]
     except (KeyError, TypeError):
@@ -33,6 +36,9 @@ def weights_hash(model: Any) -> str:
             continue
         t = t.detach()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.device.type == "meta":  # offloaded to disk by accelerate: no bytes here to read
+            h.update(b"offloaded|")
+            continue
         flat = t.cpu().contiguous().reshape(-1)
         h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     digest = "sha256:" + h.hexdigest()
