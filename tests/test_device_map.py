@@ -3,11 +3,10 @@ what the same model on one device captures, probe by probe (issue #15)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from conftest import HAS_BRIDGE, PROMPTS
+from tensor_helpers import tensors
 
 import tlprobes as tp
 from tlprobes._tl.adapter import adapter_for, execution_device
@@ -48,23 +47,6 @@ def _probes():
             tp.HeadSteps(), tp.ResidualMean()]
 
 
-def _tensors(obj, prefix=""):
-    """Every tensor inside a capture (dataclass fields, dicts, lists), by path."""
-    out = {}
-    if isinstance(obj, torch.Tensor):
-        out[prefix] = obj
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            out.update(_tensors(getattr(obj, f.name), f"{prefix}.{f.name}"))
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(_tensors(v, f"{prefix}[{k}]"))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            out.update(_tensors(v, f"{prefix}[{i}]"))
-    return out
-
-
 @pytest.fixture(scope="module")
 def single(tiny_dir):
     from transformer_lens.model_bridge import TransformerBridge
@@ -98,7 +80,7 @@ def test_captures_equal_the_single_device_model(single, spread):
     assert list(got) == list(want)
     compared = 0
     for probe in want:
-        a, b = _tensors(want[probe], probe), _tensors(got[probe], probe)
+        a, b = tensors(want[probe], probe), tensors(got[probe], probe)
         assert a.keys() == b.keys()
         for key in a:
             assert b[key].device == torch.device("cpu"), key  # captures land on the capture device
@@ -117,7 +99,7 @@ def test_a_sharded_run_of_a_spread_model_equals_the_single_device_run(single, sp
                  shard_size=2, out=tmp_path / "shards")
     assert len(list((tmp_path / "shards").glob("shard-*"))) == -(-len(PROMPTS) // 2)
     for probe in want:
-        a, b = _tensors(want[probe], probe), _tensors(got[probe], probe)
+        a, b = tensors(want[probe], probe), tensors(got[probe], probe)
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key].nan_to_num(7.0), b[key].nan_to_num(7.0)), (name, key)
@@ -150,7 +132,7 @@ def test_n_devices_over_two_gpus(single, tiny_dir):  # pragma: no cover - GPU ma
     want = tp.run(single, PROMPTS, *_probes(), batch_size=2)
     got = tp.run(model, PROMPTS, *_probes(), batch_size=2, device="cpu")
     for probe in want:
-        a, b = _tensors(want[probe], probe), _tensors(got[probe], probe)
+        a, b = tensors(want[probe], probe), tensors(got[probe], probe)
         for key in a:
             assert b[key].device == torch.device("cpu")
             assert torch.allclose(a[key].nan_to_num(7.0), b[key].nan_to_num(7.0), atol=1e-4), key

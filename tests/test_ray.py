@@ -7,7 +7,6 @@ checks at the end run without Ray started.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from tensor_helpers import tensors
 
 import tlprobes as tp
 from tlprobes._errors import InputError, MissingExtraError
@@ -30,29 +30,11 @@ def _probes():
     return [tp.ResidualMean(), tp.Residual(positions="last"), tp.LogitLens(top_k=3)]
 
 
-def _tensors(obj, prefix=""):
-    out = {}
-    if isinstance(obj, torch.Tensor):
-        return {prefix: obj}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        items = [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)]
-    elif isinstance(obj, dict):
-        items = list(obj.items())
-    else:
-        items = [(k, v) for k, v in vars(obj).items() if not k.startswith("__")] \
-            if hasattr(obj, "__dict__") else []
-    for k, v in items:
-        if k == "meta":
-            continue
-        out.update(_tensors(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def _assert_same(a, b):
     assert list(a) == list(b)
     assert torch.equal(a.inputs.tokens, b.inputs.tokens)
     for name in a:
-        ta, tb = _tensors(a[name]), _tensors(b[name])
+        ta, tb = tensors(a[name]), tensors(b[name])
         assert ta.keys() == tb.keys() and ta, name
         for k in ta:
             x, y = ta[k], tb[k]

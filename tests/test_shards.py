@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from tensor_helpers import tensors
 
 import tlprobes as tp
 from tlprobes._shards.plan import Plan
@@ -47,31 +47,13 @@ class _Count:
         self.handle.remove()
 
 
-def _tensors(obj, prefix=""):
-    """Every tensor of a capture or result, by dotted name (dataclass fields and dicts)."""
-    out = {}
-    if isinstance(obj, torch.Tensor):
-        return {prefix: obj}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        items = [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)]
-    elif isinstance(obj, dict):
-        items = list(obj.items())
-    else:
-        return out
-    for k, v in items:
-        if k in ("meta",):
-            continue
-        out.update(_tensors(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def _assert_same(a, b):
     assert list(a) == list(b)
     assert torch.equal(a.inputs.tokens, b.inputs.tokens)
     assert torch.equal(a.inputs.attention_mask, b.inputs.attention_mask)
     assert a.inputs.prompts == b.inputs.prompts
     for name in a:
-        ta, tb = _tensors(a[name]), _tensors(b[name])
+        ta, tb = tensors(a[name]), tensors(b[name])
         assert ta.keys() == tb.keys() and ta, name
         for k in ta:
             x, y = ta[k], tb[k]
