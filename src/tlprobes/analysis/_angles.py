@@ -30,7 +30,7 @@ from ._stats import (
     sign_flip_test,
 )
 from ._stream import LayerMoments, note_mode
-from ._tables import FrameMixin, long_frame
+from ._tables import FrameMixin, group_columns, long_frame
 
 __all__ = [
     "angle",
@@ -228,11 +228,7 @@ class AngleTrajectory(FrameMixin):
 
     def to_frame(self) -> pd.DataFrame:
         """Long table: layer, group (condition or test), statistic, value."""
-        cols: dict[tuple[str, str], np.ndarray] = {}
-        for g, s in self.summary.items():
-            cols.update(s.columns(g))
-        for g, t in self.tests.items():
-            cols.update(t.columns(g))
+        cols = {**group_columns(self.summary), **group_columns(self.tests)}
         for g, t in self.permutation.items():
             cols.update(t.columns(g))
         for g, t in self.bootstrap.items():
@@ -473,9 +469,7 @@ class WithinLayerAngles(FrameMixin):
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
-        cols: dict[tuple[str, str], np.ndarray] = {}
-        for g, s in self.summary.items():
-            cols.update(s.columns(g))
+        cols = group_columns(self.summary)
         if self.test is not None:
             cols.update(self.test.columns("target-control"))
         return long_frame(cols, layers=self.layers)
@@ -613,9 +607,7 @@ class RotationDecomposition(FrameMixin):
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
-        cols: dict[tuple[str, str], np.ndarray] = {}
-        for g, s in self.summary.items():
-            cols.update(s.columns(g))
+        cols = group_columns(self.summary)
         return long_frame(cols, layers=self.layers)
 
 

@@ -31,7 +31,7 @@ from .._tl.adapter import Adapter, adapter_for, is_tl_model
 from ._inputs import as_array, as_states, warn_nan
 from ._norm import LN_WORDS, layer_norm
 from ._stats import LayerSummary, layer_summary
-from ._tables import FrameMixin, component_columns, long_frame
+from ._tables import FrameMixin, component_columns, group_columns, long_frame
 
 __all__ = [
     "lens_readout",
@@ -72,9 +72,7 @@ class LogitLensResult(FrameMixin):
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
-        cols: dict[tuple[str, str], np.ndarray] = {}
-        for g, s in self.summary.items():
-            cols.update(s.columns(g))
+        cols = group_columns(self.summary)
         return long_frame(cols, layers=self.layers)
 
 

@@ -23,7 +23,7 @@ from .._errors import InputError, choices
 from ._inputs import as_array, as_states, included_mask, last_token_mask, warn_nan
 from ._stats import Correlation, LayerSummary, adjust_pvalues, correlation, layer_summary
 from ._stream import LayerMoments, StreamedSummary, note_mode
-from ._tables import FrameMixin, long_frame
+from ._tables import FrameMixin, group_columns, long_frame
 
 __all__ = [
     "path_length",
@@ -167,9 +167,7 @@ class StepDecomposition(FrameMixin):
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
-        cols: dict[tuple[str, str], np.ndarray] = {}
-        for g, s in self.summary.items():
-            cols.update(s.columns(g))
+        cols = group_columns(self.summary)
         for part in ("attn", "mlp"):
             for k in ("r", "p", "p_fdr_bh", "spearman_r", "n"):
                 cols[(f"{part}_drift~step", k)] = self.course_r[f"{part}_{k}"]

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .._display import Display
 
-__all__ = ["FrameMixin", "FRAME_COLUMNS", "component_columns", "long_frame"]
+__all__ = ["FrameMixin", "FRAME_COLUMNS", "component_columns", "group_columns", "long_frame"]
 
 #: The columns of every ``to_frame()``.
 FRAME_COLUMNS = ("layer", "group", "statistic", "value")
@@ -41,6 +41,21 @@ def long_frame(
     df = pd.concat(parts, ignore_index=True)
     df["layer"] = df["layer"].astype(int)
     return df
+
+
+def group_columns(parts: Mapping[str, Any]) -> dict[tuple[str, str], Any]:
+    """The :func:`long_frame` columns of several per-group results (anything with
+    ``.columns(group)``: layer summaries, tests), keyed by group.
+
+    >>> class S:
+    ...     def columns(self, g): return {(g, "mean"): [1.0]}
+    >>> group_columns({"target": S(), "control": S()})
+    {('target', 'mean'): [1.0], ('control', 'mean'): [1.0]}
+    """
+    cols: dict[tuple[str, str], Any] = {}
+    for group, part in parts.items():
+        cols.update(part.columns(group))
+    return cols
 
 
 def component_columns(
