@@ -443,11 +443,16 @@ def main() -> None:
                   f"too (an upper bound; stages {','.join(st)}): "
                   f"{results['projection_100k_s'] / 60:.1f} min")
     finally:
-        results["work"] = str(work) if args.keep else None
+        results["work"] = "kept ($WORK)" if args.keep else None
+        if args.keep:
+            print(f"runs kept in {work} ($WORK in the JSON)")
         if not args.no_json:
             path = Path(args.json) if args.json else _default_json()
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+            text = json.dumps(results, indent=1, default=str)
+            # the runs' temp folder is this machine's: record paths relative to it
+            text = text.replace(json.dumps(str(work))[1:-1], "$WORK")
+            path.write_text(text + "\n")
             print(f"wrote {path}")
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
